@@ -1,0 +1,131 @@
+"""make_app(config): wires origins, caches, the work pool and the services behind one aiohttp route.
+
+Every request is parsed by `urls` into a typed request and handed to its service; every failure becomes the
+SPEC §6 answer in `_errors` (a status, a one-line body, Kaltura's headers, never a traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from . import __version__, urls
+from .cache.disk import DiskCache
+from .cache.memory import MemoryCache
+from .config import Config
+from .errors import MediaProxyError, MethodNotAllowed, NotFound
+from .origins.base import Origin
+from .origins.http import HttpOrigin
+from .origins.local import LocalOrigin
+from .origins.store import OriginalStore
+from .responses import CORS_HEADERS, PREFLIGHT_HEADERS, error_response
+from .services.raw import RawService
+from .services.sources import Sources
+from .workpool import WorkPool
+
+log = logging.getLogger(__name__)
+
+RUNTIME = web.AppKey("runtime", "Runtime")
+SERVER_HEADER = f"mediaproxy/{__version__}"
+
+
+class Runtime:
+    """The long-lived parts of one server process, built from the config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        self.disk = DiskCache(config.cache.dir, config.cache.disk_bytes)
+        self.memory: MemoryCache[bytes] = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes)
+        self.pool = WorkPool(config.processing.threads, config.processing.queue)
+        self.origin = _make_origin(config, self.disk)
+        self.store = OriginalStore(self.origin, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
+                                   not_found_seconds=config.origin.not_found_seconds)
+        self.sources = Sources(self.store, self.pool)
+        self.services = {
+            "raw": RawService(self.sources, config),
+        }
+
+    async def start(self) -> None:
+        await self.disk.start()
+
+    async def close(self) -> None:
+        await self.store.close()
+        self.pool.close()
+
+
+def _make_origin(config: Config, disk: DiskCache) -> Origin:
+    settings = config.origin
+    if settings.kind == "http":
+        return HttpOrigin(settings.url, settings.extensions, disk, timeout_seconds=settings.timeout_seconds,
+                          max_bytes=config.limits.max_original_bytes)
+    assert settings.root is not None  # config validation guarantees it
+    return LocalOrigin(settings.root, settings.extensions, config.limits.max_original_bytes)
+
+
+def make_app(config: Config) -> web.Application:
+    runtime = Runtime(config)
+    app = web.Application(middlewares=[_errors], client_max_size=1024)
+    app[RUNTIME] = runtime
+
+    async def lifecycle(app: web.Application):
+        await runtime.start()
+        yield
+        await runtime.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(_add_common_headers)
+    app.router.add_route("*", "/{path:.*}", _dispatch)
+    return app
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=PREFLIGHT_HEADERS)
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
+    target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
+    parsed = urls.parse(target, runtime.config.defaults.partner_id)
+    service = runtime.services.get(parsed.service)
+    if service is None:
+        raise NotFound(f"the {parsed.service} service is not available yet")
+    return await service.handle(parsed, request)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    max_age = request.app[RUNTIME].config.http.error_max_age
+    try:
+        return await handler(request)
+    except MediaProxyError as error:
+        return error_response(error, max_age)
+    except web.HTTPException as http_error:
+        if http_error.status < 400:
+            raise
+        error = MediaProxyError(http_error.reason)
+        error.status = http_error.status
+        return error_response(error, max_age)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, urls.redact_ks(request.raw_path))
+        return error_response(MediaProxyError("internal error (logged)"), 0)
+
+
+async def _add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
+    for name, value in CORS_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, KS redacted."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        self.logger.info("%s %s %s %d %s %.1fms", request.remote, request.method, urls.redact_ks(request.raw_path),
+                         response.status, response.body_length, elapsed * 1000)

@@ -1,0 +1,1 @@
+"""Caches shared by originals and results: memory LRU by bytes, atomic disk cache, single-flight."""

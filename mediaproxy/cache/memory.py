@@ -1,0 +1,40 @@
+"""A byte-bounded LRU of bytes-like values (cachetools), for hot originals and rendered results."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+from cachetools import LRUCache
+
+V = TypeVar("V")
+
+
+class MemoryCache(Generic[V]):
+    """Values are sized by `size_of` (default len); values above `item_limit` bytes are never kept."""
+
+    def __init__(self, max_bytes: int, item_limit: int, size_of=len) -> None:
+        self._cache: LRUCache = LRUCache(maxsize=max(max_bytes, 1), getsizeof=size_of)
+        self._size_of = size_of
+        self.item_limit = min(item_limit, max_bytes)
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> V | None:
+        value = self._cache.get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def put(self, key: Hashable, value: V) -> None:
+        if self._size_of(value) <= self.item_limit:
+            self._cache[key] = value
+
+    def discard(self, key: Hashable) -> None:
+        self._cache.pop(key, None)
+
+    @property
+    def current_bytes(self) -> int:
+        return int(self._cache.currsize)

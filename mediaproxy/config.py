@@ -1,0 +1,281 @@
+"""config.toml (+ MEDIAPROXY_* environment overrides) → frozen, validated settings.
+
+Every key is declared once, as a dataclass field: its type is what the file must hold, its default is what an
+absent key means. An unknown key, a wrong type or a missing origin root is a `ConfigError` with one clear line,
+raised before the server starts.
+
+Environment overrides: `MEDIAPROXY_<SECTION>_<KEY>` for any key (`MEDIAPROXY_CACHE_DISK_BYTES=5e9` is not valid,
+`MEDIAPROXY_CACHE_DISK_BYTES=5000000000` is), plus the short forms `MEDIAPROXY_PORT`, `MEDIAPROXY_HOST` and
+`MEDIAPROXY_PARTNER_<N>_ADMIN_SECRETS` (comma-separated). `MEDIAPROXY_CONFIG` names the file itself (see cli).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("thumbnail", "flvclipper", "raw")
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "avif", "tif", "tiff", "bmp", "mp4", "m4v", "mov",
+                      "flv", "webm", "mkv", "m4a", "mp3", "aac", "wav", "ogg")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT)
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    kind: str = "local"  # "local" or "http"
+    root: Path | None = None  # for local
+    url: str = ""  # for http: base URL; the only host mediaproxy ever fetches from
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # tried, in order, for original.{ext} / flavor_{id}.{ext}
+    timeout_seconds: float = 10.0  # connect, and each wait for bytes, from the upstream
+    revalidate_seconds: float = 60.0  # how long what was learnt about an original is trusted unchecked
+    not_found_seconds: float = 10.0  # how long "no such entry/file" is remembered
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: Path = Path(".cache")
+    disk_bytes: int = 10_000_000_000
+    memory_bytes: int = 256_000_000
+    memory_item_bytes: int = 8_000_000  # larger originals and results are never held in memory
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_original_bytes: int = 4_000_000_000
+    max_source_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class ProcessingConfig:
+    threads: int = 0  # CPU work threads; 0 = one per core
+    queue: int = 64  # jobs waiting for a thread beyond which requests get 503
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    thumbnail_max_age: int = 3600
+    raw_max_age: int = 8_640_000
+    flvclipper_max_age: int = 8_640_000
+    error_max_age: int = 0  # errors: 0 = Cache-Control: no-store
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    partner_id: int = 100
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    admin_secrets: tuple[str, ...] = ()
+    ks_required_for: tuple[str, ...] = ()
+    quality: int = 0  # default thumbnail quality; 0 = 75
+    thumbnail_max_age: int = -1  # -1 = [http] value
+    raw_max_age: int = -1
+    flvclipper_max_age: int = -1
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    origin: OriginConfig = field(default_factory=OriginConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    partners: Mapping[int, PartnerConfig] = field(default_factory=dict)
+    source: Path | None = None  # the file this came from, for messages
+
+    def partner(self, partner_id: int) -> PartnerConfig:
+        return self.partners.get(partner_id, _PUBLIC_PARTNER)
+
+    def max_age(self, service: str, partner_id: int) -> int:
+        own = getattr(self.partner(partner_id), f"{service}_max_age")
+        return own if own >= 0 else getattr(self.http, f"{service}_max_age")
+
+
+_PUBLIC_PARTNER = PartnerConfig()
+_SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items()
+                              if name not in ("partners", "source")}
+
+
+def load(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (or only defaults when path is None), apply environment overrides, validate."""
+    environ = os.environ if environ is None else environ
+    raw: dict = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base_dir = path.resolve().parent
+    _apply_environment(raw, environ)
+    config = _build_config(raw, base_dir)
+    config = dataclasses.replace(config, source=path)
+    _check(config)
+    return config
+
+
+def _build_config(raw: dict, base_dir: Path) -> Config:
+    sections = {}
+    for name, table in raw.items():
+        if name == "partners":
+            continue
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown section [{name}] (known: {', '.join([*_SECTIONS, 'partners'])})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = _build_section(_SECTIONS[name], table, name, base_dir)
+    partners = {}
+    partner_tables = raw.get("partners", {})
+    if not isinstance(partner_tables, dict):
+        raise ConfigError("[partners] must hold tables like [partners.100]")
+    for key, table in partner_tables.items():
+        try:
+            partner_id = int(key)
+        except ValueError:
+            raise ConfigError(f"[partners.{key}]: the partner id must be an integer") from None
+        if not isinstance(table, dict):
+            raise ConfigError(f"[partners.{key}] must be a table")
+        partners[partner_id] = _build_section(PartnerConfig, table, f"partners.{key}", base_dir)
+    return Config(**sections, partners=partners)
+
+
+def _build_section(cls: type, table: dict, where: str, base_dir: Path):
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"[{where}] unknown key {key!r} (known: {known})")
+        values[key] = _coerce(hints[key], value, f"[{where}] {key}", base_dir)
+    return cls(**values)
+
+
+def _coerce(hint, value, where: str, base_dir: Path):
+    """Check `value` (from TOML) against the field's type; paths become absolute against the config's folder."""
+    if isinstance(hint, types.UnionType):  # `Path | None`
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a path (a non-empty string)")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base_dir / path
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where} must be a list of strings")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{where} must be {_type_name(hint)}, not {type(value).__name__} {value!r}")
+    return value
+
+
+def _type_name(hint) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _apply_environment(raw: dict, environ: Mapping[str, str]) -> None:
+    """Fold MEDIAPROXY_* variables into the raw TOML tree, parsed to the type each key declares."""
+    shortcuts = {"MEDIAPROXY_PORT": ("server", "port"), "MEDIAPROXY_HOST": ("server", "host")}
+    for name, text in environ.items():
+        if not name.startswith("MEDIAPROXY_") or name == "MEDIAPROXY_CONFIG":
+            continue
+        if name in shortcuts:
+            section, key = shortcuts[name]
+            raw.setdefault(section, {})[key] = _parse_env(_SECTIONS[section], key, text, name)
+            continue
+        rest = name.removeprefix("MEDIAPROXY_").lower()
+        if rest.startswith("partner_"):
+            partner_id, _, key = rest.removeprefix("partner_").partition("_")
+            if partner_id.isdigit() and key:
+                table = raw.setdefault("partners", {}).setdefault(partner_id, {})
+                table[key] = _parse_env(PartnerConfig, key, text, name)
+            continue
+        for section, cls in _SECTIONS.items():
+            if rest.startswith(section + "_"):
+                key = rest.removeprefix(section + "_")
+                raw.setdefault(section, {})[key] = _parse_env(cls, key, text, name)
+                break
+
+
+def _parse_env(cls: type, key: str, text: str, name: str):
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        raise ConfigError(f"environment variable {name}: {cls.__name__} has no key {key!r}")
+    hint = hints[key]
+    if isinstance(hint, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    try:
+        if hint is bool:
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("1", "true", "yes")
+        if hint in (int, float):
+            return hint(text)
+        if typing.get_origin(hint) is tuple:
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return text
+    except ValueError:
+        raise ConfigError(f"environment variable {name}: {text!r} is not {_type_name(hint)}") from None
+
+
+def _check(config: Config) -> None:
+    origin = config.origin
+    if origin.kind == "local":
+        if origin.root is None:
+            raise ConfigError("[origin] kind = \"local\" needs root = \"<folder of originals>\"")
+        if not origin.root.is_dir():
+            raise ConfigError(f"[origin] root {str(origin.root)!r} is not a folder")
+    elif origin.kind == "http":
+        if not origin.url.startswith(("http://", "https://")):
+            raise ConfigError("[origin] kind = \"http\" needs url = \"http(s)://host/base\"")
+    else:
+        raise ConfigError(f"[origin] kind must be \"local\" or \"http\", not {origin.kind!r}")
+    if not all(ext.isalnum() for ext in origin.extensions):
+        raise ConfigError("[origin] extensions must be plain extensions like \"jpg\" (no dots)")
+    if origin.timeout_seconds <= 0:
+        raise ConfigError("[origin] timeout_seconds must be above 0")
+    if not 0 <= config.server.port <= 65535:
+        raise ConfigError(f"[server] port {config.server.port} is not a TCP port")
+    if config.server.workers < 0:
+        raise ConfigError("[server] workers must be 0 (one per core) or more")
+    if config.processing.threads < 0 or config.processing.queue < 0:
+        raise ConfigError("[processing] threads and queue must be 0 or more")
+    for name in ("disk_bytes", "memory_bytes", "memory_item_bytes"):
+        if getattr(config.cache, name) < 0:
+            raise ConfigError(f"[cache] {name} must be 0 or more")
+    for partner_id, partner in config.partners.items():
+        unknown = set(partner.ks_required_for) - set(SERVICES)
+        if unknown:
+            raise ConfigError(f"[partners.{partner_id}] ks_required_for: unknown service {sorted(unknown)[0]!r} "
+                              f"(services: {', '.join(SERVICES)})")
+        if partner.ks_required_for and not partner.admin_secrets:
+            raise ConfigError(f"[partners.{partner_id}] requires a KS but has no admin_secrets")
+        if not 0 <= partner.quality <= 100:
+            raise ConfigError(f"[partners.{partner_id}] quality must be 0..100")

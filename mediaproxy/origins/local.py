@@ -1,0 +1,47 @@
+"""Originals in a local folder, laid out as `origins.base` describes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from ..errors import EntryNotFound, TooLarge
+from ..refs import EntryRef, FileSelector
+from .base import MANIFEST_NAME, EntryManifest, Original, candidate_names, not_found, parse_manifest
+
+
+class LocalOrigin:
+    def __init__(self, root: Path, extensions: tuple[str, ...], max_bytes: int) -> None:
+        self.root = root.resolve()
+        self.extensions = extensions
+        self.max_bytes = max_bytes
+
+    async def fetch(self, ref: EntryRef, selector: FileSelector) -> Original:
+        return await asyncio.to_thread(self._fetch, ref, selector)
+
+    def _fetch(self, ref: EntryRef, selector: FileSelector) -> Original:
+        folder = self.root / str(ref.partner_id) / ref.entry_id
+        try:
+            listing = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            raise EntryNotFound(f"no entry {ref.entry_id} for partner {ref.partner_id}") from None
+        manifest = EntryManifest()
+        if MANIFEST_NAME in listing:
+            manifest = parse_manifest((folder / MANIFEST_NAME).read_bytes(), ref)
+        present = set(listing)
+        for name in candidate_names(manifest, selector, self.extensions, listing):
+            if name not in present:
+                continue
+            path = (folder / name).resolve()
+            if not path.is_relative_to(self.root) or not path.is_file():
+                continue  # a link out of the origin root is never followed
+            stat = path.stat()
+            if stat.st_size > self.max_bytes:
+                raise TooLarge(f"the original of {ref.entry_id} is {stat.st_size} bytes (limit {self.max_bytes})")
+            return Original(ref=ref, file_name=name, path=path, size=stat.st_size, mtime=stat.st_mtime,
+                            identity=f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}", manifest=manifest)
+        raise not_found(ref, selector)
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,54 @@
+"""The store of originals: what an origin found, remembered for a while, with hot small files kept in memory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from cachetools import TTLCache
+
+from ..cache.memory import MemoryCache
+from ..cache.singleflight import SingleFlight
+from ..errors import EntryNotFound, FlavorNotFound
+from ..refs import EntryRef, FileSelector
+from .base import Origin, Original
+
+
+class OriginalStore:
+    def __init__(self, origin: Origin, memory: MemoryCache[bytes], *, revalidate_seconds: float,
+                 not_found_seconds: float) -> None:
+        self.origin = origin
+        self.memory = memory
+        self._resolved: TTLCache[tuple[EntryRef, FileSelector], Original] = TTLCache(
+            maxsize=100_000, ttl=max(revalidate_seconds, 0.0))
+        self._missing: TTLCache[tuple[EntryRef, FileSelector], Exception] = TTLCache(
+            maxsize=100_000, ttl=max(not_found_seconds, 0.0))
+        self._fetches: SingleFlight[Original] = SingleFlight()
+
+    async def get(self, ref: EntryRef, selector: FileSelector = FileSelector()) -> Original:
+        """The selected file of an entry; asks the origin at most once per revalidation period."""
+        key = (ref, selector)
+        original = self._resolved.get(key)
+        if original is not None:
+            return original
+        missing = self._missing.get(key)
+        if missing is not None:
+            raise type(missing)(missing.message)
+        try:
+            original = await self._fetches.run(key, lambda: self.origin.fetch(ref, selector))
+        except (EntryNotFound, FlavorNotFound) as exc:
+            self._missing[key] = exc
+            raise
+        self._resolved[key] = original
+        return original
+
+    async def read(self, original: Original) -> bytes:
+        """The whole file, from memory when it is small and hot."""
+        body = self.memory.get(original.identity)
+        if body is None:
+            body = await asyncio.to_thread(Path(original.path).read_bytes)
+            self.memory.put(original.identity, body)
+        return body
+
+    async def close(self) -> None:
+        await self.origin.close()

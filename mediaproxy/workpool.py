@@ -1,0 +1,43 @@
+"""The bounded pool that runs CPU work (decode, resize, encode, probe, remux) off the event loop.
+
+Pillow and FFmpeg release the GIL, so threads use every core. At most `threads + queue` jobs are admitted; past
+that a request is answered 503 at once instead of waiting behind a queue that only grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from .errors import Overloaded
+
+T = TypeVar("T")
+
+
+class WorkPool:
+    def __init__(self, threads: int = 0, queue: int = 64) -> None:
+        self.threads = threads or os.cpu_count() or 1
+        self.capacity = self.threads + queue
+        self.pending = 0  # jobs admitted and not finished (queued or running)
+        self.rejected = 0
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="mediaproxy-work")
+
+    async def run(self, function: Callable[..., T], *args) -> T:
+        if self.pending >= self.capacity:
+            self.rejected += 1
+            raise Overloaded(f"server busy: {self.pending} jobs in progress, try again shortly", retry_after=1)
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        job = self._executor.submit(function, *args)
+        # counted until the thread really finishes, even when the waiting request has gone away
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
+        return await asyncio.wrap_future(job)
+
+    def _finished(self) -> None:
+        self.pending -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
