@@ -111,21 +111,15 @@ class HttpOrigin:
                 headers["If-None-Match"] = cached.meta["etag"]
             if cached.meta.get("last_modified"):
                 headers["If-Modified-Since"] = cached.meta["last_modified"]
-        try:
-            async with self._request("GET", url, headers=headers) as response:
-                if response.status == 304 and cached is not None:
-                    return self._original(ref, file_name, manifest, cached)
-                if response.status in (404, 410):
-                    if cached is not None:
-                        await self.disk.discard(key)
-                    return None
-                _check_status(response, url)
-                entry = await self._store(key, response, url)
-        except MediaProxyError as exc:
-            if cached is None or isinstance(exc, TooLarge):
-                raise
-            log.warning("upstream failed revalidating %s (%s); serving the cached copy", url, exc.message)
-            return self._original(ref, file_name, manifest, cached)
+        async with self._request("GET", url, headers=headers) as response:
+            if response.status == 304 and cached is not None:
+                return self._original(ref, file_name, manifest, cached)
+            if response.status in (404, 410):
+                if cached is not None:
+                    await self.disk.discard(key)
+                return None
+            _check_status(response, url)
+            entry = await self._store(key, response, url)
         return self._original(ref, file_name, manifest, entry)
 
     async def _store(self, key: str, response: aiohttp.ClientResponse, url: URL) -> CachedFile:

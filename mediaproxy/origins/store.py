@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from ..cache.memory import MemoryCache
 from ..cache.singleflight import SingleFlight
-from ..errors import EntryNotFound, FlavorNotFound
+from ..errors import EntryNotFound, FlavorNotFound, UpstreamFailed
 from ..refs import EntryRef, FileSelector
 from .base import Origin, Original
+
+log = logging.getLogger(__name__)
 
 
 class OriginalStore:
@@ -23,6 +26,7 @@ class OriginalStore:
             maxsize=100_000, ttl=max(revalidate_seconds, 0.0))
         self._missing: TTLCache[tuple[EntryRef, FileSelector], Exception] = TTLCache(
             maxsize=100_000, ttl=max(not_found_seconds, 0.0))
+        self._last_known: LRUCache[tuple[EntryRef, FileSelector], Original] = LRUCache(maxsize=100_000)
         self._fetches: SingleFlight[Original] = SingleFlight()
 
     async def get(self, ref: EntryRef, selector: FileSelector = FileSelector()) -> Original:
@@ -38,8 +42,17 @@ class OriginalStore:
             original = await self._fetches.run(key, lambda: self.origin.fetch(ref, selector))
         except (EntryNotFound, FlavorNotFound) as exc:
             self._missing[key] = exc
+            self._last_known.pop(key, None)
             raise
+        except UpstreamFailed as exc:  # 502 / 504: serve what we had, if we had it (stale-if-error)
+            original = self._last_known.get(key)
+            if original is None or not original.path.exists():
+                raise
+            log.warning("origin failed for %s/%s (%s); serving the copy cached before", ref.partner_id,
+                        ref.entry_id, exc.message)
+            return original
         self._resolved[key] = original
+        self._last_known[key] = original
         return original
 
     async def read(self, original: Original) -> bytes:
