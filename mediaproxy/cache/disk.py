@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -142,7 +143,7 @@ class DiskCache:
         return _BROKEN
 
     def _looked_up(self, name: str, found):
-        if found is _BROKEN:
+        if found is None or found is _BROKEN:  # gone (evicted by another process, or damaged and removed)
             self.total_bytes -= self._index.pop(name, 0)
             return None
         if found is not None:
@@ -215,15 +216,15 @@ class DiskCache:
                 mtime: float | None = None) -> CachedFile:
         data, sidecar = self._paths(name)
         data.parent.mkdir(parents=True, exist_ok=True)
-        if mtime is not None:
-            os.utime(tmp, (mtime, mtime))
         _unlink(sidecar)  # a reader must never pair the old sidecar with the new data
         os.replace(tmp, data)
-        stat = data.stat()
-        self._verified.add((name, stat.st_mtime_ns, stat.st_size))
         sidecar_tmp = self._tmp_path()
         sidecar_tmp.write_text(json.dumps({"key": key, "size": size, "digest": digest, "meta": meta}))
         os.replace(sidecar_tmp, sidecar)
+        if mtime is not None:  # dated only now: until its sidecar exists, new data must not look like an old orphan
+            os.utime(data, (mtime, mtime))
+        stat = data.stat()
+        self._verified.add((name, stat.st_mtime_ns, stat.st_size))
         return CachedFile(data, size, stat.st_mtime_ns, digest, meta)
 
     def _tmp_path(self) -> Path:
@@ -248,7 +249,7 @@ class DiskCache:
             self._index[name] = size
             self.total_bytes += size
         now = time.monotonic()
-        if now - self._touched.get(name, 0.0) > _TOUCH_INTERVAL:
+        if now - self._touched.get(name, -math.inf) > _TOUCH_INTERVAL:
             self._touched[name] = now
             try:
                 os.utime(self._paths(name)[1])
@@ -259,18 +260,27 @@ class DiskCache:
         self.total_bytes += size - self._index.pop(name, 0)
         self._index[name] = size
         self._touched[name] = time.monotonic()
-        victims = self._choose_victims()
+        victims = self._choose_victims(keep=name)
         if victims:
             asyncio.get_running_loop().run_in_executor(None, self._delete_many, victims)
 
-    def _choose_victims(self) -> list[str]:
-        """Forget least recently used entries until 90% of the budget is left; the caller deletes their files."""
+    def _choose_victims(self, keep: str | None = None) -> list[str]:
+        """Forget least recently used entries until 90% of the budget is left; the caller deletes their files.
+
+        `keep` (the entry just written, which a caller is about to use) is never chosen.
+        """
         if self.total_bytes <= self.max_bytes:
             return []
         target = int(self.max_bytes * 0.9)
         victims = []
         while self.total_bytes > target and self._index:
-            name, size = self._index.popitem(last=False)
+            name = next(iter(self._index))
+            if name == keep:
+                if len(self._index) == 1:
+                    break
+                self._index.move_to_end(name)
+                continue
+            size = self._index.pop(name)
             self._touched.pop(name, None)
             self.total_bytes -= size
             victims.append(name)

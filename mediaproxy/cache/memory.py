@@ -31,6 +31,8 @@ class MemoryCache(Generic[V]):
     def put(self, key: Hashable, value: V) -> None:
         if self._size_of(value) <= self.item_limit:
             self._cache[key] = value
+        else:
+            self._cache.pop(key, None)  # never leave an older value behind a newer one
 
     def discard(self, key: Hashable) -> None:
         self._cache.pop(key, None)

@@ -1,0 +1,194 @@
+"""WorkPool: CPU work runs on a bounded thread pool; past `threads + queue` admitted jobs a request gets 503 at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from mediaproxy.errors import MediaProxyError, Overloaded
+from mediaproxy.workpool import WorkPool
+
+RELEASE_TIMEOUT = 2.0  # a blocked worker gives up after this, so a failing test cannot hang the run
+
+
+@pytest.fixture
+def make_pool():
+    pools: list[WorkPool] = []
+
+    def make(threads: int = 0, queue: int = 64) -> WorkPool:
+        pool = WorkPool(threads, queue)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+async def until(predicate, timeout: float = 1.0) -> None:
+    """Let the event loop run until predicate() holds (thread callbacks arrive via call_soon_threadsafe)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+class Gate:
+    """A job that signals when it starts and blocks until released."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+
+    def job(self, value):
+        self.started.set()
+        try:
+            if not self.release.wait(RELEASE_TIMEOUT):
+                raise TimeoutError("test never released the job")
+            return value
+        finally:
+            self.finished.set()
+
+    async def wait_started(self) -> None:
+        await until(self.started.is_set)
+
+
+async def test_runs_function_in_a_worker_thread_and_returns_its_value(make_pool):
+    pool = make_pool(threads=2, queue=2)
+
+    def work(a, b):
+        return a + b, threading.current_thread().name, threading.get_ident()
+
+    total, thread_name, ident = await pool.run(work, 2, 3)
+    assert total == 5
+    assert ident != threading.get_ident()
+    assert thread_name.startswith("mediaproxy-work")
+    await until(lambda: pool.pending == 0)
+    assert pool.rejected == 0
+
+
+def test_threads_default_to_cpu_count_and_capacity_adds_queue():
+    pool = WorkPool(threads=3, queue=5)
+    try:
+        assert pool.threads == 3
+        assert pool.capacity == 8
+    finally:
+        pool.close()
+    default = WorkPool(queue=1)
+    try:
+        assert default.threads >= 1
+        assert default.capacity == default.threads + 1
+    finally:
+        default.close()
+
+
+async def test_exception_in_the_job_propagates_and_pending_returns_to_zero(make_pool):
+    pool = make_pool(threads=1, queue=1)
+
+    def fail():
+        raise ValueError("bad frame")
+
+    with pytest.raises(ValueError, match="bad frame"):
+        await pool.run(fail)
+    await until(lambda: pool.pending == 0)
+    assert await pool.run(lambda: "still works") == "still works"
+
+
+async def test_third_job_is_rejected_with_overloaded_while_first_two_complete(make_pool):
+    pool = make_pool(threads=1, queue=1)
+    gate = Gate()
+    first = asyncio.create_task(pool.run(gate.job, "first"))
+    second = asyncio.create_task(pool.run(gate.job, "second"))
+    await gate.wait_started()
+    assert pool.pending == 2  # one running, one queued
+
+    ran_third = threading.Event()
+    with pytest.raises(Overloaded) as caught:
+        await pool.run(ran_third.set)
+    error = caught.value
+    assert isinstance(error, MediaProxyError)
+    assert error.status == 503
+    assert error.headers["Retry-After"] == "1"
+    assert "\n" not in error.message
+    assert pool.rejected == 1
+    assert pool.pending == 2  # a rejected job is not admitted
+
+    gate.release.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), RELEASE_TIMEOUT) == ["first", "second"]
+    await until(lambda: pool.pending == 0)
+    assert not ran_third.is_set()
+    # capacity is free again
+    assert await pool.run(lambda: 42) == 42
+    await until(lambda: pool.pending == 0)
+    assert pool.rejected == 1
+
+
+async def test_rejection_happens_at_once_not_after_waiting(make_pool):
+    pool = make_pool(threads=1, queue=0)
+    gate = Gate()
+    running = asyncio.create_task(pool.run(gate.job, 1))
+    await gate.wait_started()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Overloaded):
+        await pool.run(lambda: None)
+    assert loop.time() - started < 0.1
+    gate.release.set()
+    assert await running == 1
+    await until(lambda: pool.pending == 0)
+
+
+async def test_cancelled_waiter_keeps_counting_until_the_thread_finishes(make_pool):
+    pool = make_pool(threads=1, queue=0)
+    gate = Gate()
+    waiter = asyncio.create_task(pool.run(gate.job, "orphan"))
+    await gate.wait_started()
+
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.02)
+    assert pool.pending == 1  # the thread is still busy with the job
+    assert not gate.finished.is_set()
+    with pytest.raises(Overloaded):  # and it still occupies the pool's capacity
+        await pool.run(lambda: None)
+
+    gate.release.set()
+    await until(gate.finished.is_set)
+    await until(lambda: pool.pending == 0)
+    assert await pool.run(lambda: "free") == "free"
+    await until(lambda: pool.pending == 0)
+
+
+async def test_cancelled_waiter_of_a_queued_job_frees_its_slot_and_the_job_never_runs(make_pool):
+    pool = make_pool(threads=1, queue=1)
+    gate = Gate()
+    running = asyncio.create_task(pool.run(gate.job, "running"))
+    await gate.wait_started()
+    ran = threading.Event()
+    queued = asyncio.create_task(pool.run(ran.set))
+    await until(lambda: pool.pending == 2)
+
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await until(lambda: pool.pending == 1)
+
+    gate.release.set()
+    assert await running == "running"
+    await until(lambda: pool.pending == 0)
+    await asyncio.sleep(0.02)
+    assert not ran.is_set()
+
+
+async def test_many_jobs_within_capacity_all_run(make_pool):
+    pool = make_pool(threads=4, queue=16)
+    results = await asyncio.gather(*(pool.run(pow, n, 2) for n in range(20)))
+    assert results == [n * n for n in range(20)]
+    await until(lambda: pool.pending == 0)
+    assert pool.rejected == 0
