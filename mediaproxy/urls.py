@@ -20,14 +20,13 @@ from .refs import ID_PATTERN, EntryRef, FileSelector
 
 MAX_DIMENSION = 10_000
 MAX_VERSION = 10_000_000
+_MAX_FRAME = 1_000_000  # rel_width/rel_height: the frame the source region was measured in
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)\Z")
 _HEX_COLOUR = re.compile(r"[0-9A-Fa-f]{1,6}\Z")
 _EXTENSION = re.compile(r"[A-Za-z0-9]{1,10}\Z")
 _THUMBNAIL_VALUE_SUFFIX = re.compile(r"\.(jpg|gif|png)\Z")
 _FALSY = frozenset({"", "0", "false", "no", "off"})
-_KS_IN_PATH = re.compile(r"(/ks/)[^/?]*")
-_KS_IN_QUERY = re.compile(r"([?&]ks=)[^&]*")
 
 
 class ResizeMode(IntEnum):
@@ -138,8 +137,14 @@ def parse(raw_path: str, default_partner_id: int) -> ServiceRequest:
 
 
 def redact_ks(target: str) -> str:
-    """The request target with any KS value replaced, for logs."""
-    return _KS_IN_QUERY.sub(r"\1[redacted]", _KS_IN_PATH.sub(r"\1[redacted]", target))
+    """The request target for logs: every value that may be a KS (after a `ks` key, however spelt) replaced."""
+    path, mark, query = target.partition("?")
+    segments = [segment for segment in path.split("/") if segment]
+    redacted = [("[redacted]" if index and unquote(segments[index - 1]) == "ks" else segment)
+                for index, segment in enumerate(segments)]
+    pairs = [(key, "[redacted]" if unquote(key.replace("+", " ")) == "ks" else value)
+             for key, _, value in (item.partition("=") for item in query.split("&"))] if query else []
+    return "/" + "/".join(redacted) + mark + "&".join(f"{key}={value}" for key, value in pairs)
 
 
 def _split_prefix(segments: list[str], default_partner_id: int) -> tuple[int, str, list[str]]:
@@ -160,8 +165,8 @@ def _split_prefix(segments: list[str], default_partner_id: int) -> tuple[int, st
 
 
 def _partner_integer(name: str, text: str) -> int:
-    if not re.fullmatch(r"-?[0-9]{1,18}", text):
-        raise BadRequest(f"{name}: {unquote(text)[:40]!r} is not an integer")
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):  # past 18 digits it is no partner of a 64-bit world
+        raise BadRequest(f"{name}: {unquote(text)[:40]!r} is not an integer of at most 18 digits")
     return int(text)
 
 
@@ -196,7 +201,12 @@ class _Params:
 
     def flavor(self) -> str | None:
         value = self.values.get(self.flavor_key)
-        return None if value in (None, "") else _identifier(self.flavor_key, value)
+        return None if value is None else _identifier(self.flavor_key, value)
+
+    def version(self) -> int | None:
+        """None when absent or negative (Kaltura's -1 = absent), else clamped to 0..MAX_VERSION."""
+        version = self.integer("version", -1, -1, MAX_VERSION)
+        return version if version >= 0 else None
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         """An integer clamped into low..high (as Kaltura does); not a number at all is a BadRequest."""
@@ -287,15 +297,14 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
     if start_sec is not None and end_sec is not None and start_sec > end_sec:
         raise BadRequest(f"start_sec: {start_sec:g} is after end_sec {end_sec:g}")
     slices = vid_slices if vid_slices > 0 else None
-    if slices is not None:
+    if slices is not None and vid_slice < 0:  # a strip: all slices side by side
         for size, name in ((width, "width"), (height, "height")):
-            if size * slices >= 65500:
+            if (size or 0) * slices >= 65500:
                 raise BadRequest(f"vid_slices: a strip of {slices} × {name} {size} is too large (limit 65500)")
 
-    rel_width = params.integer("rel_width", -1, -1, MAX_DIMENSION)
-    rel_height = params.integer("rel_height", -1, -1, MAX_DIMENSION)
+    rel_width = params.integer("rel_width", -1, -1, _MAX_FRAME)
+    rel_height = params.integer("rel_height", -1, -1, _MAX_FRAME)
     density = params.integer("density", 0, 0, MAX_DIMENSION)
-    version = params.integer("version", -1, -1, MAX_VERSION)
     return ThumbnailRequest(
         entry=entry,
         width=width or 0,
@@ -314,7 +323,7 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
         density=density or None,
         strip=params.flag("strip"),
         format=output_format,
-        version=version if version >= 0 else None,
+        version=params.version(),
         flavor_id=params.flavor(),
         file_name=params.get("file_name"),
         ks=params.get("ks"),
@@ -346,7 +355,7 @@ def _clip(partner_id: int, params: _Params) -> ClipRequest:
         container = suffix if suffix in ("mp4", "flv") else None
     return ClipRequest(
         entry=entry,
-        flavor_id=None if flavor in (None, "", "1") else params.flavor(),
+        flavor_id=None if flavor in (None, "1") else params.flavor(),
         clip_from_ms=clip_from,
         clip_to_ms=clip_to,
         container=container,
@@ -362,11 +371,9 @@ def _raw(partner_id: int, params: _Params) -> RawRequest:
         extension = params.get("format").lower()
         if not _EXTENSION.match(extension):
             raise BadRequest(f"format: {extension[:40]!r} is not a file extension")
-    version = params.integer("version", -1, -1, MAX_VERSION)
     return RawRequest(
         entry=entry,
-        selector=FileSelector(flavor_id=params.flavor(), version=version if version >= 0 else None,
-                              extension=extension),
+        selector=FileSelector(flavor_id=params.flavor(), version=params.version(), extension=extension),
         file_name=params.get("file_name") or None,
         direct_serve=params.flag("direct_serve"),
         ks=params.get("ks"),
