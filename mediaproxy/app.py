@@ -23,7 +23,9 @@ from .origins.http import HttpOrigin
 from .origins.local import LocalOrigin
 from .origins.store import OriginalStore
 from .responses import CORS_HEADERS, PREFLIGHT_HEADERS, error_response
+from .cache.results import ResultCache
 from .services.raw import RawService
+from .services.thumbnail import ThumbnailService
 from .services.sources import Sources
 from .workpool import WorkPool
 
@@ -40,22 +42,30 @@ class Runtime:
         self.config = config
         self.started = time.time()
         self.disk = DiskCache(config.cache.dir, config.cache.disk_bytes)
-        self.memory: MemoryCache[bytes] = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes)
+        self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
+                                               size_of=_memory_size)
         self.pool = WorkPool(config.processing.threads, config.processing.queue)
         self.origin = _make_origin(config, self.disk)
         self.store = OriginalStore(self.origin, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                                    not_found_seconds=config.origin.not_found_seconds)
         self.sources = Sources(self.store, self.pool)
+        self.results = ResultCache(self.memory, self.disk)
         self.services = {
             "raw": RawService(self.sources, config),
+            "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config),
         }
 
     async def start(self) -> None:
         await self.disk.start()
 
     async def close(self) -> None:
+        await self.results.flush()
         await self.store.close()
         self.pool.close()
+
+
+def _memory_size(value) -> int:
+    return len(value) if isinstance(value, (bytes, bytearray)) else value.size
 
 
 def _make_origin(config: Config, disk: DiskCache) -> Origin:

@@ -61,6 +61,7 @@ class CacheConfig:
 class LimitsConfig:
     max_original_bytes: int = 4_000_000_000
     max_source_pixels: int = 100_000_000
+    max_output_pixels: int = 50_000_000
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class OriginalStore:
-    def __init__(self, origin: Origin, memory: MemoryCache[bytes], *, revalidate_seconds: float,
+    def __init__(self, origin: Origin, memory: MemoryCache, *, revalidate_seconds: float,
                  not_found_seconds: float) -> None:
         self.origin = origin
         self.memory = memory
@@ -57,10 +57,10 @@ class OriginalStore:
 
     async def read(self, original: Original) -> bytes:
         """The whole file, from memory when it is small and hot."""
-        body = self.memory.get(original.identity)
+        body = self.memory.get(("original", original.identity))
         if body is None:
             body = await asyncio.to_thread(Path(original.path).read_bytes)
-            self.memory.put(original.identity, body)
+            self.memory.put(("original", original.identity), body)
         return body
 
     async def close(self) -> None:

@@ -1,0 +1,86 @@
+"""Decode an image for a plan: check its size from the header, shrink on load, apply EXIF orientation.
+
+JPEGs are decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`) when the plan needs fewer pixels: decoding is most of
+a thumbnail's cost and scales with the pixels decoded. The decoded image comes back with its orientation applied
+and with how much smaller than the source it is, so the plan's box can be scaled to it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from ..errors import TooLarge, Unprocessable
+from .geometry import Plan
+
+ORIENTATION_TAG = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+DRAFT_GAP = 1.0  # decode at the largest JPEG scale that still has every pixel the output needs (as libvips)
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # oriented, first frame, fully loaded
+    source_size: tuple[int, int]  # the oriented size of the source, before any shrink-on-load
+    info: dict  # metadata to carry over: "exif" (without orientation), "icc_profile", "xmp"
+
+    @property
+    def shrink(self) -> tuple[float, float]:
+        """decoded pixels per source pixel, per axis (1.0 without shrink-on-load)."""
+        return self.image.width / self.source_size[0], self.image.height / self.source_size[1]
+
+
+def decode(data: bytes, make_plan: Callable[[tuple[int, int]], Plan], max_pixels: int) -> tuple[Decoded, Plan]:
+    """Open `data`, plan from its oriented size (`make_plan`), decode only as many pixels as that plan needs."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for "not an image"
+        raise Unprocessable(f"the original is not an image Pillow can read ({_reason(error)})") from None
+    if image.width * image.height > max_pixels:
+        raise TooLarge(f"the original is {image.width}x{image.height} pixels (limit {max_pixels})")
+    orientation = _orientation(image)
+    source_size = (image.height, image.width) if orientation in _SWAPS_AXES else image.size
+    plan = make_plan(source_size)
+    if image.format == "JPEG":
+        factor = plan.scale * DRAFT_GAP
+        wanted = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        image.draft("RGB" if image.mode == "RGB" else None, wanted)
+    try:
+        image.seek(0)  # animated GIF/WebP: the first frame
+        image.load()
+    except Exception as error:  # noqa: BLE001 - truncated or corrupt data surfaces here
+        raise Unprocessable(f"the original cannot be decoded ({_reason(error)})") from None
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)  # also drops the orientation from the XMP it carries
+    return Decoded(image, source_size, _metadata(image)), plan
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not stop the picture
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _metadata(image: Image.Image) -> dict:
+    info = {}
+    try:
+        exif = image.getexif()
+        if exif:
+            exif.pop(ORIENTATION_TAG, None)  # the pixels are oriented now; the output carries no orientation
+            info["exif"] = exif.tobytes()
+    except Exception:  # noqa: BLE001 - unreadable EXIF is dropped, not fatal
+        pass
+    for key in ("icc_profile", "xmp"):
+        if image.info.get(key):
+            info[key] = image.info[key]
+    return info
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:120]
