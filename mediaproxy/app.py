@@ -17,13 +17,14 @@ from . import __version__, urls
 from .cache.disk import DiskCache
 from .cache.memory import MemoryCache
 from .config import Config
-from .errors import MediaProxyError, MethodNotAllowed, NotFound
+from .errors import MediaProxyError, MethodNotAllowed
 from .origins.base import Origin
 from .origins.http import HttpOrigin
 from .origins.local import LocalOrigin
 from .origins.store import OriginalStore
 from .responses import CORS_HEADERS, PREFLIGHT_HEADERS, error_response
 from .cache.results import ResultCache
+from .services.flvclipper import ClipService
 from .services.raw import RawService
 from .services.thumbnail import ThumbnailService
 from .services.sources import Sources
@@ -45,6 +46,7 @@ class Runtime:
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
                                                size_of=_memory_size)
         self.pool = WorkPool(config.processing.threads, config.processing.queue)
+        self.clip_pool = WorkPool(config.processing.clip_processes, config.processing.queue, processes=True)
         self.origin = _make_origin(config, self.disk)
         self.store = OriginalStore(self.origin, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                                    not_found_seconds=config.origin.not_found_seconds)
@@ -53,6 +55,7 @@ class Runtime:
         self.services = {
             "raw": RawService(self.sources, config),
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config),
+            "flvclipper": ClipService(self.sources, self.disk, self.clip_pool, config),
         }
 
     async def start(self) -> None:
@@ -62,6 +65,7 @@ class Runtime:
         await self.results.flush()
         await self.store.close()
         self.pool.close()
+        self.clip_pool.close()
 
 
 def _memory_size(value) -> int:
@@ -101,10 +105,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
     target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
     parsed = urls.parse(target, runtime.config.defaults.partner_id)
-    service = runtime.services.get(parsed.service)
-    if service is None:
-        raise NotFound(f"the {parsed.service} service is not available yet")
-    return await service.handle(parsed, request)
+    return await runtime.services[parsed.service].handle(parsed, request)
 
 
 @web.middleware

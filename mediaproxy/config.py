@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .refs import ID_PATTERN
+
 SERVICES = ("thumbnail", "flvclipper", "raw")
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "avif", "tif", "tiff", "bmp", "mp4", "m4v", "mov",
@@ -68,6 +70,13 @@ class LimitsConfig:
 class ProcessingConfig:
     threads: int = 0  # CPU work threads; 0 = one per core
     queue: int = 64  # jobs waiting for a thread beyond which requests get 503
+    clip_processes: int = 1  # processes cutting clips (the remux loop holds the GIL); 0 = one per core
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    thumbnail_flavor: str = ""  # grab frames from this flavor when the entry has it (often smaller to decode)
+    audio_placeholder: Path | None = None  # the picture of audio entries; None = the bundled one
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class HttpConfig:
     thumbnail_max_age: int = 3600
     raw_max_age: int = 8_640_000
     flvclipper_max_age: int = 8_640_000
+    placeholder_max_age: int = 300  # the audio placeholder: short, so a real picture shows up soon
     error_max_age: int = 0  # errors: 0 = Cache-Control: no-store
 
 
@@ -100,6 +110,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     partners: Mapping[int, PartnerConfig] = field(default_factory=dict)
@@ -266,8 +277,14 @@ def _check(config: Config) -> None:
         raise ConfigError(f"[server] port {config.server.port} is not a TCP port")
     if config.server.workers < 0:
         raise ConfigError("[server] workers must be 0 (one per core) or more")
-    if config.processing.threads < 0 or config.processing.queue < 0:
-        raise ConfigError("[processing] threads and queue must be 0 or more")
+    if min(config.processing.threads, config.processing.queue, config.processing.clip_processes) < 0:
+        raise ConfigError("[processing] threads, queue and clip_processes must be 0 or more")
+    flavor = config.video.thumbnail_flavor
+    if flavor and not ID_PATTERN.match(flavor):
+        raise ConfigError(f"[video] thumbnail_flavor {flavor!r} is not a flavor id")
+    placeholder = config.video.audio_placeholder
+    if placeholder is not None and not placeholder.is_file():
+        raise ConfigError(f"[video] audio_placeholder {str(placeholder)!r} is not a file")
     for name in ("disk_bytes", "memory_bytes", "memory_item_bytes"):
         if getattr(config.cache, name) < 0:
             raise ConfigError(f"[cache] {name} must be 0 or more")

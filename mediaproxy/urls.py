@@ -9,6 +9,8 @@ canonical `cache_key()`; a malformed value is a `BadRequest` naming it. Nothing 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -87,8 +89,7 @@ class ThumbnailRequest:
 
     def cache_key(self) -> str:
         """Equal for every URL that asks for the same picture (order, aliases, defaults and the KS do not count)."""
-        return "thumbnail|" + "|".join(
-            f"{name}={getattr(self, name)!r}" for name in self.__slots__ if name not in ("file_name", "ks"))
+        return _thumbnail_key(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,13 @@ class RawRequest:
 ServiceRequest = ThumbnailRequest | ClipRequest | RawRequest
 
 
+@functools.lru_cache(maxsize=16384)
+def _thumbnail_key(request: ThumbnailRequest) -> str:
+    return "thumbnail|" + "|".join(f"{field.name}={getattr(request, field.name)!r}"
+                                   for field in dataclasses.fields(request) if field.compare)
+
+
+@functools.lru_cache(maxsize=16384)  # hot URLs repeat: their (immutable) parse is remembered
 def parse(raw_path: str, default_partner_id: int) -> ServiceRequest:
     """Parse a request target as sent (`/p/100/sp/10000/raw/entry_id/0_abc?ks=...`, still percent-encoded)."""
     path, _, query = raw_path.partition("?")

@@ -1,15 +1,17 @@
-"""The bounded pool that runs CPU work (decode, resize, encode, probe, remux) off the event loop.
+"""Bounded pools that run CPU work off the event loop.
 
-Pillow and FFmpeg release the GIL, so threads use every core. At most `threads + queue` jobs are admitted; past
-that a request is answered 503 at once instead of waiting behind a queue that only grows.
+Pillow and FFmpeg release the GIL, so threads use every core for decode, resize, encode and probe. A remux loop
+runs Python per packet and holds the GIL, so clips are cut in worker processes instead. At most `workers + queue`
+jobs are admitted; past that a request is answered 503 at once instead of waiting behind a queue that only grows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 from .errors import Overloaded
@@ -18,12 +20,16 @@ T = TypeVar("T")
 
 
 class WorkPool:
-    def __init__(self, threads: int = 0, queue: int = 64) -> None:
+    def __init__(self, threads: int = 0, queue: int = 64, *, processes: bool = False) -> None:
         self.threads = threads or os.cpu_count() or 1
         self.capacity = self.threads + queue
         self.pending = 0  # jobs admitted and not finished (queued or running)
         self.rejected = 0
-        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="mediaproxy-work")
+        self._executor: Executor
+        if processes:  # forkserver: never fork a process that already runs threads
+            self._executor = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("forkserver"))
+        else:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="mediaproxy-work")
 
     async def run(self, function: Callable[..., T], *args) -> T:
         if self.pending >= self.capacity:

@@ -192,17 +192,18 @@ class DiskCache:
         self._added(name, entry.size)
         return entry
 
-    async def store_file(self, key: str, write: Callable[[Path], None], meta: dict[str, Any] | None = None,
+    async def store_file(self, key: str, write: Callable[[Path], dict | None], meta: dict[str, Any] | None = None,
                          *, run: Callable | None = None) -> CachedFile:
-        """Let `write(tmp_path)` produce the file (e.g. a remux, run by `run` on a worker pool), then commit it."""
+        """Let `write(tmp_path)` produce the file (e.g. a remux, run by `run` on a worker pool), then commit it.
+
+        A dict that `write` returns is added to the entry's meta.
+        """
         name = _name(key)
         tmp = self._tmp_path()
         try:
-            if run is None:
-                await asyncio.to_thread(write, tmp)
-            else:
-                await run(write, tmp)
-            entry = await asyncio.to_thread(self._commit_written, name, key, tmp, meta or {})
+            written = await (asyncio.to_thread(write, tmp) if run is None else run(write, tmp))
+            meta = {**(meta or {}), **(written if isinstance(written, dict) else {})}
+            entry = await asyncio.to_thread(self._commit_written, name, key, tmp, meta)
         except BaseException:
             await asyncio.to_thread(_unlink, tmp)
             raise

@@ -1,20 +1,26 @@
 """A thumbnail, step by step: decode (shrink-on-load) → orient → plan (pre-crop, mode) → resize → paint → encode.
 
-`render_image` takes the original's bytes; `render_picture` takes an already decoded picture (a video frame), so
-both enter the same pipeline. Pure functions: no HTTP, no caches; run them on the work pool.
+`render_image` takes the original's bytes; `render_pictures` takes already decoded pictures (video frames, one or
+a strip), so both enter the same pipeline. Pure functions: no HTTP, no caches; run them on the work pool.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
+from ..errors import BadRequest
 from ..urls import ThumbnailRequest
 from . import paint
 from .decode import decode
 from .encode import CONTENT_TYPES, KEEPS_ALPHA, encode
 from .geometry import Plan, plan_thumbnail
+from .video import grab_frames
+
+
+STRIP_LIMIT = 65500  # pixels along a strip (JPEG's limit is 65535)
 
 
 @dataclass(frozen=True)
@@ -44,19 +50,52 @@ def render_image(request: ThumbnailRequest, data: bytes, settings: RenderSetting
 
 
 def render_picture(request: ThumbnailRequest, picture: Image.Image, settings: RenderSettings) -> Rendered:
-    """A picture already decoded and oriented (e.g. a video frame) through the same steps."""
-    plan = plan_for(request, picture.size, settings)
-    picture = paint.resize(paint.normalise_mode(picture), plan, (1.0, 1.0))
-    return _finish(request, picture, plan, settings, {})
+    """One picture already decoded and upright, at full size."""
+    return render_pictures(request, [picture], picture.size, settings)
+
+
+def render_video(request: ThumbnailRequest, path: Path, times: list[float], display_size: tuple[int, int],
+                 settings: RenderSettings) -> Rendered:
+    """Frames at `times` (one, or a strip), grabbed already shrunk to the detail the plan needs."""
+    plan = plan_for(request, display_size, settings)
+    width, height = plan.output_size
+    if len(times) > 1 and width * len(times) >= STRIP_LIMIT:
+        raise BadRequest(f"vid_slices: a strip of {len(times)} frames {width} wide is too large (limit {STRIP_LIMIT})")
+    return render_pictures(request, grab_frames(path, times, min(1.0, plan.scale)), display_size, settings)
+
+
+def render_pictures(request: ThumbnailRequest, pictures: list[Image.Image], source_size: tuple[int, int],
+                    settings: RenderSettings) -> Rendered:
+    """Pictures already decoded and upright (video frames, possibly shrunk from `source_size`) through the same
+    steps; several pictures (a strip) are laid side by side, the first on the left."""
+    plan = plan_for(request, source_size, settings)
+    tiles = [_paint(request, paint.resize(paint.normalise_mode(picture), plan,
+                                          (picture.width / source_size[0], picture.height / source_size[1])), plan)
+             for picture in pictures]
+    if len(tiles) == 1:
+        return _encode(request, tiles[0], settings, {})
+    strip = Image.new(tiles[0].mode, (sum(tile.width for tile in tiles), max(tile.height for tile in tiles)))
+    left = 0
+    for tile in tiles:
+        strip.paste(tile, (left, 0))
+        left += tile.width
+    return _encode(request, strip, settings, {})
 
 
 def _finish(request: ThumbnailRequest, picture: Image.Image, plan: Plan, settings: RenderSettings,
             metadata: dict) -> Rendered:
-    keeps_alpha = request.format in KEEPS_ALPHA
-    if not keeps_alpha:
+    return _encode(request, _paint(request, picture, plan), settings, metadata)
+
+
+def _paint(request: ThumbnailRequest, picture: Image.Image, plan: Plan) -> Image.Image:
+    if request.format not in KEEPS_ALPHA:
         picture = paint.flatten(picture, request.bgcolor)
     if plan.canvas is not None:
         picture = paint.pad(picture, plan.canvas, request.bgcolor)
+    return picture
+
+
+def _encode(request: ThumbnailRequest, picture: Image.Image, settings: RenderSettings, metadata: dict) -> Rendered:
     body = encode(picture, request.format, settings.quality, density=request.density,
                   metadata=None if request.strip else metadata)
     return Rendered(body, CONTENT_TYPES[request.format], picture.width, picture.height)

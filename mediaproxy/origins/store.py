@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -31,6 +32,11 @@ class OriginalStore:
 
     async def get(self, ref: EntryRef, selector: FileSelector = FileSelector()) -> Original:
         """The selected file of an entry; asks the origin at most once per revalidation period."""
+        if selector.version is not None:
+            # a version is mostly a cache-buster: only one the manifest lists selects another file
+            current = await self.get(ref, dataclasses.replace(selector, version=None))
+            if selector.version not in current.manifest.versions:
+                return current
         key = (ref, selector)
         original = self._resolved.get(key)
         if original is not None:

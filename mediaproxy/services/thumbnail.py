@@ -1,16 +1,22 @@
-"""thumbnail (SPEC §2): an image entry resized, cropped and encoded as asked; cached, shared, revalidatable."""
+"""thumbnail (SPEC §2): an image resized and cropped as asked, or a frame (or a strip of frames) of a video.
+
+Every kind of source ends in the same media pipeline; this module picks the source, builds the canonical cache
+key, and answers with Cache-Control, a strong ETag and Last-Modified (304 when the client's copy is current).
+"""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from aiohttp import web
 
 from ..cache.results import Result, ResultCache
 from ..config import Config
-from ..errors import TooLarge, Unprocessable
+from ..errors import FlavorNotFound, TooLarge, Unprocessable
 from ..media.probe import MediaKind
-from ..media.thumbnail import RenderSettings, render_image
+from ..media.thumbnail import Rendered, RenderSettings, render_image, render_video
+from ..media.video import frame_times
 from ..refs import FileSelector
 from ..responses import cache_control, not_modified
 from ..urls import OutputFormat, ThumbnailRequest
@@ -18,6 +24,7 @@ from ..workpool import WorkPool
 from .sources import Source, Sources
 
 DEFAULT_QUALITY = 75
+BUNDLED_AUDIO_PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "audio.png"
 _LOSSY = frozenset({OutputFormat.JPG, OutputFormat.WEBP, OutputFormat.AVIF})
 
 
@@ -27,34 +34,68 @@ class ThumbnailService:
         self.results = results
         self.pool = pool
         self.config = config
+        self.placeholder = (config.video.audio_placeholder or BUNDLED_AUDIO_PLACEHOLDER).read_bytes()
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
-        source = await self.sources.get(request.entry, FileSelector(version=request.version))
+        source = await self._source(request)
         partner = self.config.partner(request.entry.partner_id)
         quality = request.quality or partner.quality or DEFAULT_QUALITY
         key = f"{request.cache_key()}|q={quality if request.format in _LOSSY else '-'}|{source.original.identity}"
+        max_age = self.config.max_age("thumbnail", request.entry.partner_id)
+        times: list[float] = []
+        if source.media.kind is MediaKind.VIDEO:
+            info = await self.sources.video_info(source)
+            times = frame_times(info, vid_sec=request.vid_sec, thumb_offset=source.original.manifest.thumb_offset,
+                                slices=request.vid_slices, slice_index=request.vid_slice,
+                                start_sec=request.start_sec, end_sec=request.end_sec)
+            key += f"|t={times}"
+        elif source.media.kind is MediaKind.AUDIO:
+            key += "|placeholder"
+            max_age = min(max_age, self.config.http.placeholder_max_age)
         etag = '"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
-        response = web.Response(headers={
-            "Cache-Control": cache_control(self.config.max_age("thumbnail", request.entry.partner_id)),
-            "ETag": etag,
-        })
+        response = web.Response(headers={"Cache-Control": cache_control(max_age), "ETag": etag})
         response.last_modified = source.original.mtime
         if not_modified(http_request, etag, source.original.mtime):
             response.set_status(304)
             return response
-        result, _tier = await self.results.get(key, lambda: self._render(request, source, quality))
+        settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels)
+        result, _tier = await self.results.get(key, lambda: self._render(request, source, times, settings))
         response.body = result.body
         response.content_type = result.content_type
         return response
 
-    async def _render(self, request: ThumbnailRequest, source: Source, quality: int) -> Result:
+    async def _source(self, request: ThumbnailRequest) -> Source:
+        """The flavor asked for; else the configured frame flavor when the entry has it; else the original."""
+        if request.flavor_id is None and self.config.video.thumbnail_flavor:
+            try:
+                source = await self.sources.get(request.entry, FileSelector(
+                    flavor_id=self.config.video.thumbnail_flavor))
+                if source.media.kind is MediaKind.VIDEO:
+                    return source
+            except FlavorNotFound:
+                pass
+        return await self.sources.get(request.entry, FileSelector(flavor_id=request.flavor_id,
+                                                                  version=request.version))
+
+    async def _render(self, request: ThumbnailRequest, source: Source, times: list[float],
+                      settings: RenderSettings) -> Result:
         media = source.media
-        if media.kind is not MediaKind.IMAGE:
-            raise Unprocessable(f"entry {request.entry.entry_id} is not an image ({media.kind})")
-        limit = self.config.limits.max_source_pixels
-        if media.width * media.height > limit:  # refused before any decoding or queueing
-            raise TooLarge(f"the original is {media.width}x{media.height} pixels (limit {limit})")
-        data = await self.sources.store.read(source.original)
-        settings = RenderSettings(quality, limit, self.config.limits.max_output_pixels)
-        rendered = await self.pool.run(render_image, request, data, settings)
-        return Result(rendered.body, rendered.content_type, {"width": rendered.width, "height": rendered.height})
+        if media.kind is MediaKind.IMAGE:
+            if media.width * media.height > settings.max_source_pixels:  # refused before decoding or queueing
+                raise TooLarge(f"the original is {media.width}x{media.height} pixels "
+                               f"(limit {settings.max_source_pixels})")
+            data = await self.sources.store.read(source.original)
+            rendered = await self.pool.run(render_image, request, data, settings)
+        elif media.kind is MediaKind.VIDEO:
+            info = await self.sources.video_info(source)
+            rendered = await self.pool.run(render_video, request, source.original.path, times,
+                                           (info.width, info.height), settings)
+        elif media.kind is MediaKind.AUDIO:
+            rendered = await self.pool.run(render_image, request, self.placeholder, settings)
+        else:
+            raise Unprocessable(f"entry {request.entry.entry_id} is not an image, a video or audio")
+        return _result(rendered)
+
+
+def _result(rendered: Rendered) -> Result:
+    return Result(rendered.body, rendered.content_type, {"width": rendered.width, "height": rendered.height})

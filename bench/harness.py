@@ -1,0 +1,191 @@
+"""Benchmark plumbing: start mediaproxy and nginx on loopback, drive them with wrk, run in-process baselines.
+
+Everything a scenario compares is measured in the same run, side by side, because these machines are shared and
+noisy: only ratios are meaningful, absolute figures are printed for context.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CORES = os.cpu_count() or 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        raise SystemExit(f"bench: {name} is not installed (apt-get install -y {name})")
+    return path
+
+
+class Mediaproxy:
+    """`mediaproxy serve` as a user runs it, on a config written for the benchmark."""
+
+    def __init__(self, workdir: Path, origin_root: Path, extra: str = "") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "mediaproxy.toml"
+        config.write_text(f'[server]\nport = {self.port}\naccess_log = false\n[origin]\nroot = "{origin_root}"\n'
+                          f'revalidate_seconds = 3600\n[cache]\ndir = "{workdir / "cache"}"\n{extra}\n')
+        self.log = open(workdir / "mediaproxy.log", "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config)],
+                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def __enter__(self) -> Mediaproxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+class Nginx:
+    """nginx serving a folder of static files on loopback, one worker process per core (its default tuning)."""
+
+    def __init__(self, workdir: Path, root: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "nginx.conf"
+        conf.write_text(f"""
+daemon off;
+worker_processes auto;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log;
+user root;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    types {{ image/jpeg jpg; video/mp4 mp4; }}
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{ listen 127.0.0.1:{self.port}; root {root}; }}
+}}
+""")
+        self.process = subprocess.Popen([tool("nginx"), "-c", str(conf), "-p", str(workdir)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> Nginx:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@dataclass
+class Load:
+    requests_per_second: float
+    requests: int
+    errors: int  # non-2xx/3xx answers and socket errors
+    latency_ms_p50: float
+    latency_ms_p99: float
+
+
+_WRK_SCRIPT = """
+local counter = 0
+local threads = 0
+local prefix = "{prefix}"
+local unique = {unique}
+function setup(thread)
+  threads = threads + 1
+  thread:set("offset", {offset_base} + threads * 1000000)
+end
+function init(args)
+  counter = offset
+end
+request = function()
+  if unique then
+    counter = counter + 1
+    return wrk.format("GET", prefix .. counter)
+  end
+  return wrk.format("GET", prefix)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %f %f\\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int = 1, unique: bool = False,
+        offset: int = 0) -> Load:
+    """Drive GET url+path (with unique=True: path + a counter, so every request is a new cache key).
+
+    Counters start at offset + 1,000,000 × thread number: keep offset + threads × 1e6 under 10,000,000 when the
+    counter is a `version` (which is clamped there).
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT.format(prefix=path, unique="true" if unique else "false", offset_base=offset))
+    try:
+        result = subprocess.run([tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout",
+                                 "30s", "-s", script.name, url], capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(script.name)
+    match = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", result.stdout)
+    if match is None:
+        raise RuntimeError(f"could not read wrk's output:\n{result.stdout}\n{result.stderr}")
+    requests, errors = int(match[1]), int(match[2])
+    return Load(requests / seconds, requests, errors, float(match[3]), float(match[4]))
+
+
+def in_threads(work: Callable[[int], object], *, threads: int, seconds: float) -> float:
+    """Operations per second of `work(i)` run back to back in `threads` threads for `seconds`."""
+    done = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def loop(slot: int) -> None:
+        count = 0
+        while time.monotonic() < stop:
+            work(slot * 1_000_000 + count)
+            count += 1
+        done[slot] = count
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=loop, args=(slot,)) for slot in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(done) / (time.monotonic() - started)

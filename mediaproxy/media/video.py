@@ -1,0 +1,297 @@
+"""Video with PyAV: probe once, grab exact frames (seek to the keyframe before, decode forward), cut clips.
+
+Frames come out as Pillow images converted with the video's own colour range and matrix, optionally already
+scaled by swscale (cheaper than scaling a full-size RGB picture), so they enter the thumbnail pipeline exactly
+where a decoded image does. Clips copy packets (no re-encoding) from the keyframe at or before the start.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from av.video.reformatter import ColorRange, Colorspace, Interpolation
+from PIL import Image
+
+from ..errors import BadRequest, Unprocessable
+
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration: float  # seconds
+    width: int  # as displayed: sample aspect ratio and rotation applied
+    height: int
+    frame_rate: float
+    keyframes: tuple[float, ...]  # keyframe times where the container indexes them (MP4), else ()
+    has_audio: bool
+    container: str  # FFmpeg demuxer name
+    video_codec: str
+    audio_codec: str | None
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """What frame grabs and clips need to know, read once per original (the caller caches it).
+
+    The first frame is decoded: only a decoded frame tells the rotation a phone recorded.
+    """
+    with _open(path) as container:
+        stream = _video_stream(container)
+        time_base = stream.time_base or Fraction(1, 1000)
+        duration = container.duration / av.time_base if container.duration else 0.0
+        if not duration and stream.duration:
+            duration = float(stream.duration * time_base)
+        start = float(stream.start_time * time_base) if stream.start_time else 0.0
+        keyframes = tuple(float(entry.timestamp * time_base) - start for entry in stream.index_entries
+                          if entry.is_keyframe)
+        first = _ForwardDecoder(container, stream, time_base, start).first_frame()
+        if first is None:
+            raise Unprocessable("the video has no decodable frames")
+        width, height = _display_size(first, stream, 1.0)
+        rate = stream.average_rate or stream.guessed_rate or 25
+        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        return VideoInfo(duration=max(duration, 0.0), width=width, height=height, frame_rate=float(rate),
+                         keyframes=keyframes, has_audio=audio is not None, container=container.format.name,
+                         video_codec=stream.codec_context.name, audio_codec=audio)
+
+
+def grab_frames(path: Path, times: list[float], scale: float = 1.0) -> list[Image.Image]:
+    """The frames shown at `times` (seconds from the start), in the order asked, as upright RGB images.
+
+    One pass over the file: targets are visited in time order, seeking forward only when the next target lies
+    beyond the keyframe that follows the current position. `scale` (≤ 1) shrinks the frames in swscale.
+    A time past the end gives the last frame.
+    """
+    order = sorted(range(len(times)), key=lambda index: times[index])
+    found: dict[int, Image.Image] = {}
+    with _open(path) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "SLICE"  # frame threading would hold each frame back by a thread count of frames
+        time_base = stream.time_base or Fraction(1, 1000)
+        start = float(stream.start_time * time_base) if stream.start_time else 0.0
+        decoder = _ForwardDecoder(container, stream, time_base, start)
+        for index in order:
+            found[index] = _to_image(decoder.frame_at(times[index]), stream, scale)
+    return [found[index] for index in range(len(times))]
+
+
+class _ForwardDecoder:
+    """Decodes forward through one open container, seeking only when that is cheaper than decoding on."""
+
+    def __init__(self, container, stream, time_base: Fraction, start: float) -> None:
+        self.container = container
+        self.stream = stream
+        self.time_base = time_base
+        self.start = start
+        self.frames = None  # the decode iterator, once started
+        self.current = None  # the last frame decoded (shown until the next one's time)
+        self.pending = None  # a frame decoded past the previous target, not yet consumed
+        self.keyframes = [float(e.timestamp * time_base) - start for e in stream.index_entries if e.is_keyframe]
+
+    def first_frame(self):
+        self._seek(0.0)
+        return self.pending or next(self.frames, None)
+
+    def frame_at(self, target: float):
+        if self.frames is None or self._should_seek(target):
+            self._seek(target)
+        while True:
+            frame = self.pending or next(self.frames, None)
+            self.pending = None
+            if frame is None:  # end of stream: the last frame is what is shown
+                if self.current is None:
+                    raise Unprocessable("the video has no decodable frames")
+                return self.current
+            if frame.pts is None:
+                continue
+            time = float(frame.pts * self.time_base) - self.start
+            if time > target + 1e-6 and self.current is not None:
+                self.pending = frame
+                return self.current
+            self.current = frame
+            if time > target:  # the first frame after a seek may start a little late: it is what is shown
+                return frame
+
+    def _should_seek(self, target: float) -> bool:
+        if self.current is None:
+            return True
+        position = float(self.current.pts * self.time_base) - self.start
+        if target < position:
+            return True
+        following = next((key for key in self.keyframes if key > position), None)
+        return following is not None and target >= following
+
+    def _seek(self, target: float) -> None:
+        """Position the decoder at a keyframe at or before `target`; where the demuxer lands late (or nowhere,
+        as FLV without an index may), step further back until a frame at or before the target comes out."""
+        back = 0.0
+        while True:
+            position = max(target - back, 0.0)
+            try:
+                self.container.seek(int((position + self.start) / self.time_base), stream=self.stream,
+                                    backward=True, any_frame=False)
+            except av.FFmpegError:
+                position = 0.0
+                self.container.seek(0)
+            self.frames = self._decode()
+            self.current = None
+            first = next(self.frames, None)
+            first_time = None if first is None or first.pts is None else float(first.pts * self.time_base) - self.start
+            if position == 0.0 or (first_time is not None and first_time <= target + 1e-6):
+                self.pending = first
+                return
+            back = max(back * 2, 1.0)
+
+    def _decode(self):
+        try:
+            for packet in self.container.demux(self.stream):
+                try:
+                    yield from packet.decode()
+                except av.InvalidDataError:
+                    continue  # a damaged packet: skip it, as players do
+        except av.FFmpegError as error:
+            raise Unprocessable(f"the video cannot be decoded ({_reason(error)})") from None
+
+
+def _to_image(frame, stream, scale: float) -> Image.Image:
+    """RGB with the frame's own range and matrix (unspecified: BT.709 for HD, BT.601 below, as players do)."""
+    colorspace = frame.colorspace
+    if int(colorspace or 2) == 2:  # unspecified
+        colorspace = Colorspace.ITU709 if frame.height >= 720 else Colorspace.ITU601
+    color_range = frame.color_range if int(frame.color_range or 0) in (1, 2) else ColorRange.MPEG
+    rotation = int(frame.rotation or 0) % 360
+    width, height = _display_size(frame, stream, scale)
+    if rotation in (90, 270):
+        width, height = height, width  # scaled before the rotation
+    rgb = frame.reformat(width=width, height=height, format="rgb24", src_colorspace=colorspace,
+                         dst_colorspace=colorspace, src_color_range=color_range, dst_color_range=ColorRange.JPEG,
+                         interpolation=Interpolation.AREA if scale < 1 else Interpolation.BICUBIC)
+    image = rgb.to_image()
+    if rotation:  # the display matrix of phone videos; PyAV reports degrees counter-clockwise
+        image = image.rotate(rotation, expand=True)
+    return image
+
+
+def _display_size(frame, stream, scale: float) -> tuple[int, int]:
+    """Width × height as displayed (sample aspect ratio and rotation applied), times `scale`."""
+    width, height = frame.width, frame.height
+    aspect = stream.sample_aspect_ratio
+    if aspect and aspect > 0 and aspect != 1:
+        width = width * aspect
+    if int(frame.rotation or 0) % 180 == 90:
+        width, height = height, width
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def frame_times(info: VideoInfo, *, vid_sec: float | None, thumb_offset: float | None, slices: int | None,
+                slice_index: int | None, start_sec: float | None, end_sec: float | None) -> list[float]:
+    """The times to grab: one (vid_sec, or slice i of n), or n for a strip (SPEC §2)."""
+    duration = info.duration
+    if slices is not None:
+        window_start = min(start_sec or 0.0, duration)
+        window_end = min(end_sec if end_sec is not None else duration, duration)
+        if window_end < window_start:
+            raise BadRequest(f"start_sec: {window_start:g} is after the end of the window ({window_end:g})")
+        step = (window_end - window_start) / slices
+        indexes = [slice_index] if slice_index is not None else list(range(slices))
+        return [window_start + step * index for index in indexes]
+    if vid_sec is None:
+        vid_sec = thumb_offset if thumb_offset is not None and math.isfinite(thumb_offset) else 3.0
+    return [min(max(vid_sec, 0.0), duration)]
+
+
+def _open(path: Path):
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise Unprocessable(f"the video cannot be opened ({_reason(error)})") from None
+
+
+def _video_stream(container):
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise Unprocessable("the file has no video stream")
+
+
+def _reason(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:120]
+
+
+@dataclass(frozen=True)
+class Clip:
+    start: float  # where the clip really starts in the source (the keyframe at or before the asked start), s
+    duration: float  # seconds
+
+
+CLIP_FORMATS = {"mp4": "mp4", "flv": "flv"}
+_MP4_CODECS = {"h264", "hevc", "av1", "vp9", "mpeg4", "aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
+_FLV_CODECS = {"h264", "flv1", "vp6f", "vp6", "aac", "mp3", "nellymoser", "pcm_s16le", "speex", "adpcm_swf"}
+
+
+def cut_clip(source: Path, target: Path, start: float, end: float | None, output: str) -> Clip:
+    """Copy the packets from the keyframe at or before `start` to `end` (None: the end) into `target`.
+
+    Timestamps are rebased so the clip starts at 0, audio kept with the video it played beside; MP4 is written
+    with its index at the front (playable while it downloads). Runs Python per packet: keep it off the event loop.
+    """
+    with _open(source) as container:
+        video = _video_stream(container)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        allowed = _MP4_CODECS if output == "mp4" else _FLV_CODECS
+        for stream in filter(None, (video, audio)):
+            if stream.codec_context.name not in allowed:
+                raise BadRequest(f"flvclipper: {stream.codec_context.name} cannot go in an {output} clip")
+        options = {"movflags": "+faststart"} if output == "mp4" else {}
+        with av.open(str(target), "w", format=CLIP_FORMATS[output], options=options) as out:
+            streams = {video.index: out.add_stream_from_template(video)}
+            if audio is not None:
+                streams[audio.index] = out.add_stream_from_template(audio)
+            return _copy_packets(container, out, video, audio, streams, start, end)
+
+
+def _copy_packets(container, out, video, audio, streams, start: float, end: float | None) -> Clip:
+    video_base = video.time_base
+    video_start = video.start_time or 0
+    try:
+        container.seek(int(start / video_base) + video_start, stream=video, backward=True, any_frame=False)
+    except av.FFmpegError:
+        container.seek(0)
+    origin = None  # the source time (s) that becomes 0 in the clip: the first keyframe's decode time
+    last_end = 0.0
+    video_done = audio_done = audio is None
+    for packet in container.demux(*filter(None, (video, audio))):
+        if packet.dts is None and packet.pts is None:
+            continue  # flush packets
+        base = packet.stream.time_base
+        stamp = float((packet.dts if packet.dts is not None else packet.pts) * base)
+        if packet.stream is video:
+            if origin is None:
+                if not packet.is_keyframe:
+                    continue  # the demuxer landed before a keyframe: the clip starts at one
+                origin = stamp
+            if end is not None and float(packet.pts * base) - float(video_start * base) >= end:
+                video_done = True
+        else:
+            if origin is None or stamp < origin:
+                continue  # audio from before the clip
+            if end is not None and stamp - float(video_start * base) >= end:
+                audio_done = True
+        if video_done and audio_done:
+            break
+        if (packet.stream is video and video_done) or (packet.stream is audio and audio_done):
+            continue
+        shift = int(round(origin / base))
+        if packet.pts is not None:
+            packet.pts -= shift
+        if packet.dts is not None:
+            packet.dts -= shift
+        last_end = max(last_end, float(((packet.pts or 0) + (packet.duration or 0)) * base))
+        packet.stream = streams[packet.stream.index]
+        out.mux(packet)
+    if origin is None:
+        raise BadRequest("flvclipper: clip_from is past the end of the video")
+    return Clip(start=origin - float(video_start * video_base), duration=last_end)
