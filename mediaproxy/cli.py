@@ -1,12 +1,16 @@
-"""The `mediaproxy` command: serve (and small helpers as they come)."""
+"""The `mediaproxy` command: serve (one process, or workers sharing the port) and small helpers."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -14,19 +18,22 @@ from aiohttp import web
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 
+log = logging.getLogger("mediaproxy.cli")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mediaproxy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mediaproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_command = commands.add_parser("serve", help="serve the configured origin over HTTP")
-    serve_command.add_argument("--config", type=Path, help="config file (default: $MEDIAPROXY_CONFIG, else the bundled "
-                                                   "config.toml)")
+    serve_command.add_argument("--config", type=Path, help="config file (default: $MEDIAPROXY_CONFIG, else the "
+                                                           "bundled config.toml)")
     serve_command.add_argument("--host", help="listen address (overrides [server] host)")
     serve_command.add_argument("--port", type=int, help="listen port (overrides [server] port)")
+    serve_command.add_argument("--workers", type=int, help="processes sharing the port (overrides [server] workers)")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -34,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = config.server
     config = dataclasses.replace(config, server=dataclasses.replace(
-        server, host=args.host or server.host, port=args.port if args.port is not None else server.port))
+        server, host=args.host or server.host, port=args.port if args.port is not None else server.port,
+        workers=args.workers if args.workers is not None else server.workers))
     return serve(config)
 
 
@@ -47,14 +55,87 @@ def load_config(path: Path | None) -> Config:
 
 
 def serve(config: Config) -> int:
+    workers = config.server.workers or os.cpu_count() or 1
+    origin = config.origin.root if config.origin.kind == "local" else config.origin.url
+    log.info("mediaproxy %s serving %s origin %s on http://%s:%d/ (%d worker%s)", __version__, config.origin.kind,
+             origin, config.server.host, config.server.port, workers, "" if workers == 1 else "s")
+    if workers == 1:
+        run_worker(config, reuse_port=False)
+        return 0
+    return _supervise(config, workers)
+
+
+def run_worker(config: Config, *, reuse_port: bool, parent: int | None = None) -> None:
     from .app import AccessLogger, make_app
 
     app = make_app(config)
-    logging.getLogger(__name__).info(
-        "mediaproxy %s serving %s origin %s on http://%s:%d/", __version__, config.origin.kind,
-        config.origin.root if config.origin.kind == "local" else config.origin.url, config.server.host,
-        config.server.port)
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                access_log_class=AccessLogger, access_log=logging.getLogger("mediaproxy.access")
-                if config.server.access_log else None, shutdown_timeout=10)
+    if parent is not None:
+        app.on_startup.append(lambda app: _exit_with_parent(app, parent))
+    access_log = logging.getLogger("mediaproxy.access") if config.server.access_log else None
+    web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port, print=None,
+                access_log_class=AccessLogger, access_log=access_log, shutdown_timeout=10)
+
+
+async def _exit_with_parent(app: web.Application, parent: int) -> None:
+    """A worker whose supervisor died (even by kill -9) stops instead of holding the port forever."""
+    import asyncio
+
+    async def watch() -> None:
+        while os.getppid() == parent:
+            await asyncio.sleep(1)
+        log.warning("the supervisor is gone; worker %d stops", os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    app["parent_watch"] = asyncio.get_running_loop().create_task(watch())
+
+
+def _worker_main(config: Config, parent: int) -> None:
+    _configure_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    run_worker(config, reuse_port=True, parent=parent)
+
+
+def _supervise(config: Config, count: int) -> int:
+    """Run `count` workers on one port (SO_REUSEPORT); restart any that dies; stop them all on SIGTERM/SIGINT."""
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def start() -> multiprocessing.Process:
+        process = context.Process(target=_worker_main, args=(config, os.getpid()), name="mediaproxy-worker")
+        process.start()
+        return process
+
+    workers = [start() for _ in range(count)]
+    restarts: list[float] = []
+    while not stopping:
+        multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=0.5)
+        for index, worker in enumerate(workers):
+            if worker.is_alive() or stopping:
+                continue
+            now = time.monotonic()
+            restarts = [moment for moment in restarts if now - moment < 60] + [now]
+            log.error("worker %d exited with %s; starting another", worker.pid, worker.exitcode)
+            if len(restarts) > 5 * count:
+                log.error("workers keep dying; waiting before the next restart")
+                time.sleep(5)
+            workers[index] = start()
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()  # SIGTERM: each worker finishes its requests in flight
+    deadline = time.monotonic() + 15
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
     return 0
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s")

@@ -39,9 +39,13 @@ def cache_control(max_age: int, *, private: bool = False) -> str:
 
 
 def not_modified(request: web.Request, etag: str, last_modified: float) -> bool:
-    """Whether the client's copy is current (If-None-Match wins over If-Modified-Since, RFC 9110 §13.2.2)."""
+    """Whether the client's copy is current (If-None-Match wins over If-Modified-Since, RFC 9110 §13.2.2).
+
+    `etag` is the quoted strong tag sent; the comparison is weak, as RFC 9110 asks for If-None-Match.
+    """
     if request.if_none_match is not None:
-        return any(tag.value in (etag, "*") for tag in request.if_none_match)
+        bare = etag.strip('"')
+        return any(tag.value in (bare, "*") for tag in request.if_none_match)
     since = request.if_modified_since
     return since is not None and int(last_modified) <= since.timestamp()
 

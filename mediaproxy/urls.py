@@ -88,7 +88,10 @@ class ThumbnailRequest:
         return self.vid_slices is not None and self.vid_slice is None
 
     def cache_key(self) -> str:
-        """Equal for every URL that asks for the same picture (order, aliases, defaults and the KS do not count)."""
+        """Equal for every URL that asks for the same picture (order, aliases, defaults and the KS do not count).
+
+        Quality is left out: it resolves against the partner's default, so the service appends the effective one.
+        """
         return _thumbnail_key(self)
 
 
@@ -126,7 +129,7 @@ ServiceRequest = ThumbnailRequest | ClipRequest | RawRequest
 @functools.lru_cache(maxsize=16384)
 def _thumbnail_key(request: ThumbnailRequest) -> str:
     return "thumbnail|" + "|".join(f"{field.name}={getattr(request, field.name)!r}"
-                                   for field in dataclasses.fields(request) if field.compare)
+                                   for field in dataclasses.fields(request) if field.compare and field.name != "quality")
 
 
 @functools.lru_cache(maxsize=16384)  # hot URLs repeat: their (immutable) parse is remembered

@@ -84,3 +84,53 @@ def test_the_config_can_come_from_the_environment(tmp_path):
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     assert (tmp_path / "c").is_dir()
+
+
+def test_workers_share_the_port_are_restarted_and_stop_together(tmp_path):
+    port = free_port()
+    process = start([sys.executable, "-m", "mediaproxy", "serve", "--workers", "2"],
+                    {"MEDIAPROXY_PORT": str(port), "MEDIAPROXY_CACHE_DIR": str(tmp_path / "cache")}, tmp_path)
+    try:
+        wait_until_up(port, process)
+        workers = _children(process.pid)
+        deadline = time.monotonic() + 30
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = _children(process.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)  # a crashed worker is replaced
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = _children(process.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and workers[0] not in now, now
+        for _ in range(10):  # and the port keeps answering throughout
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/p/100/raw/entry_id/0_photo") as response:
+                assert response.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert "(2 workers)" in output
+    assert "starting another" in output
+    assert not [pid for pid in now if os.path.exists(f"/proc/{pid}")], "workers outlived the supervisor"
+
+
+def _children(pid: int) -> list[int]:
+    """Worker processes of the supervisor (multiprocessing's resource tracker has no port, skip it)."""
+    children = []
+    for path in os.listdir("/proc"):
+        if not path.isdigit():
+            continue
+        try:
+            with open(f"/proc/{path}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{path}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"resource_tracker" not in command:
+            children.append(int(path))
+    return sorted(children)

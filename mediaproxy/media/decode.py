@@ -11,13 +11,14 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from ..errors import TooLarge, Unprocessable
 from .geometry import Plan
 
 ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
+_SRGB = ImageCms.createProfile("sRGB")
 DRAFT_GAP = 1.0  # decode at the largest JPEG scale that still has every pixel the output needs (as libvips)
 
 
@@ -37,25 +38,54 @@ def decode(data: bytes, make_plan: Callable[[tuple[int, int]], Plan], max_pixels
     """Open `data`, plan from its oriented size (`make_plan`), decode only as many pixels as that plan needs."""
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # Pillow's global guard, where something re-enabled it
+        raise TooLarge(f"the original has more pixels than allowed (limit {max_pixels})") from None
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for "not an image"
         raise Unprocessable(f"the original is not an image Pillow can read ({_reason(error)})") from None
     if image.width * image.height > max_pixels:
         raise TooLarge(f"the original is {image.width}x{image.height} pixels (limit {max_pixels})")
-    orientation = _orientation(image)
-    source_size = (image.height, image.width) if orientation in _SWAPS_AXES else image.size
-    plan = make_plan(source_size)
-    if image.format == "JPEG":
+    if image.format in ("JPEG", "MPO"):  # the EXIF block is read with the header: plan, then decode less
+        orientation = _orientation(image)
+        source_size = _oriented(image.size, orientation)
+        plan = make_plan(source_size)
         factor = plan.scale * DRAFT_GAP
         wanted = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
         image.draft("RGB" if image.mode == "RGB" else None, wanted)
+        _load(image)
+    else:  # other formats may keep EXIF after the pixels (PNG), or orient while loading (TIFF): load first
+        _load(image)
+        orientation = _orientation(image)
+        source_size = _oriented(image.size, orientation)
+        plan = make_plan(source_size)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)  # also drops the orientation from the XMP it carries
+    info = _metadata(image)
+    if image.mode == "CMYK":
+        image = _cmyk_to_rgb(image, info.pop("icc_profile", None))
+    return Decoded(image, source_size, info), plan
+
+
+def _load(image: Image.Image) -> None:
     try:
         image.seek(0)  # animated GIF/WebP: the first frame
         image.load()
     except Exception as error:  # noqa: BLE001 - truncated or corrupt data surfaces here
         raise Unprocessable(f"the original cannot be decoded ({_reason(error)})") from None
-    if orientation != 1:
-        image = ImageOps.exif_transpose(image)  # also drops the orientation from the XMP it carries
-    return Decoded(image, source_size, _metadata(image)), plan
+
+
+def _oriented(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation in _SWAPS_AXES else size
+
+
+def _cmyk_to_rgb(image: Image.Image, profile: bytes | None) -> Image.Image:
+    """Through the embedded CMYK profile when there is one (print files look right), else Pillow's formula."""
+    if profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    return image.convert("RGB")
 
 
 def _orientation(image: Image.Image) -> int:
@@ -75,9 +105,11 @@ def _metadata(image: Image.Image) -> dict:
             info["exif"] = exif.tobytes()
     except Exception:  # noqa: BLE001 - unreadable EXIF is dropped, not fatal
         pass
-    for key in ("icc_profile", "xmp"):
-        if image.info.get(key):
-            info[key] = image.info[key]
+    if image.info.get("xmp"):
+        info["xmp"] = image.info["xmp"]
+    profile = image.info.get("icc_profile")
+    if profile and (profile[16:20] == b"RGB " or image.mode == "CMYK"):  # output is RGB: no grey profiles on it
+        info["icc_profile"] = profile
     return info
 
 

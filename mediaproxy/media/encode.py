@@ -30,6 +30,7 @@ _METADATA_SUPPORT = {  # which of exif / icc_profile / xmp each writer takes
 def encode(image: Image.Image, output: OutputFormat, quality: int, *, density: int | None = None,
            metadata: dict | None = None) -> bytes:
     """`image` is RGB, or RGBA for formats in KEEPS_ALPHA. `metadata` None = stripped."""
+    image.info = {}  # writers fall back to what the source carried (ICC, comment, dpi): only `metadata` goes out
     options: dict = {}
     if metadata:
         options.update({key: value for key, value in metadata.items() if key in _METADATA_SUPPORT[output]})

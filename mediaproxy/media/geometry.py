@@ -113,10 +113,14 @@ def _capped(plan: Plan, max_pixels: int) -> Plan:
     factor = min(1.0, MAX_DIMENSION / max(out_width, out_height), math.sqrt(max_pixels / (out_width * out_height)))
     if factor >= 1.0:
         return plan
-    size = (_whole(plan.size[0] * factor), _whole(plan.size[1] * factor))
-    canvas = (_whole(plan.canvas[0] * factor), _whole(plan.canvas[1] * factor)) if plan.canvas else None
+    size = (_floor(plan.size[0] * factor), _floor(plan.size[1] * factor))  # down: never past the cap
+    canvas = (_floor(plan.canvas[0] * factor), _floor(plan.canvas[1] * factor)) if plan.canvas else None
     return Plan(plan.box, size, canvas)
 
 
 def _whole(value: float) -> int:
     return max(1, round(value))
+
+
+def _floor(value: float) -> int:
+    return max(1, math.floor(value))

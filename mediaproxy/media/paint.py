@@ -12,10 +12,10 @@ REDUCING_GAP = 2.0  # reduce() by whole factors first while the scale is at leas
 
 def normalise_mode(image: Image.Image) -> Image.Image:
     """RGB, or RGBA when the image has transparency; high bit depths and CMYK brought to 8-bit RGB."""
-    if image.mode in ("RGB", "RGBA"):
+    if image.mode == "RGBA" or image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode == "P" and "transparency" in image.info or image.mode in ("PA", "LA", "La", "RGBa"):
-        return image.convert("RGBA")
+    if "transparency" in image.info or image.mode in ("PA", "LA", "La", "RGBa"):
+        return image.convert("RGBA")  # palette, grey or RGB with a transparent colour included
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # 16-bit (or float) greyscale: scale to 8 bits instead of clipping everything above 255 to white
         top = 65535 if image.mode.startswith("I;16") else max(image.getextrema()[1], 1)

@@ -9,10 +9,6 @@ from pathlib import Path
 import av
 from PIL import Image
 
-# Pillow's own bomb guard is global and raises mid-open; mediaproxy checks pixel counts against its configured
-# limit itself (before decoding), so the probe can report the real size of any image.
-Image.MAX_IMAGE_PIXELS = None
-
 
 class MediaKind(StrEnum):
     IMAGE = "image"
@@ -71,6 +67,8 @@ def _probe_av(path: Path, hinted_extension: str) -> MediaInfo | None:
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
         return None
     with container:
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+            return None  # a still image FFmpeg reads but Pillow could not: a damaged picture, not a video
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         audios = list(container.streams.audio)
         if not videos and not audios:

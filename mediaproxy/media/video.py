@@ -134,8 +134,9 @@ class _ForwardDecoder:
                 self.container.seek(int((position + self.start) / self.time_base), stream=self.stream,
                                     backward=True, any_frame=False)
             except av.FFmpegError:
-                position = 0.0
-                self.container.seek(0)
+                if self.frames is not None:  # already read from: only a seek can go back, and none works
+                    raise Unprocessable("the video cannot be seeked") from None
+                position = 0.0  # freshly opened: decoding starts at the beginning anyway
             self.frames = self._decode()
             self.current = None
             first = next(self.frames, None)
