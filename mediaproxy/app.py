@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from . import __version__, urls
+from .access import AccessPolicy
 from .cache.disk import DiskCache
 from .cache.memory import MemoryCache
 from .config import Config
@@ -50,6 +51,7 @@ class Runtime:
         self.origin = _make_origin(config, self.disk)
         self.store = OriginalStore(self.origin, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                                    not_found_seconds=config.origin.not_found_seconds)
+        self.access = AccessPolicy(config)
         self.sources = Sources(self.store, self.pool)
         self.results = ResultCache(self.memory, self.disk)
         self.services = {
@@ -105,7 +107,13 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
     target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
     parsed = urls.parse(target, runtime.config.defaults.partner_id)
-    return await runtime.services[parsed.service].handle(parsed, request)
+    grant = runtime.access.check(parsed.service, parsed.entry.partner_id, parsed.entry.entry_id,
+                                 parsed.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
+                                 remote=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
+    response = await runtime.services[parsed.service].handle(parsed, request)
+    if grant.private:  # shown to one KS holder: no shared cache may keep it
+        response.headers["Cache-Control"] = response.headers["Cache-Control"].replace("public", "private")
+    return response
 
 
 @web.middleware

@@ -1,4 +1,4 @@
-"""The `mediaproxy` command: serve (one process, or workers sharing the port) and small helpers."""
+"""The `mediaproxy` command: serve (one process, or workers sharing the port), and `ks` to make a test KS."""
 
 from __future__ import annotations
 
@@ -31,7 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     serve_command.add_argument("--host", help="listen address (overrides [server] host)")
     serve_command.add_argument("--port", type=int, help="listen port (overrides [server] port)")
     serve_command.add_argument("--workers", type=int, help="processes sharing the port (overrides [server] workers)")
+    ks_command = commands.add_parser("ks", help="print a Kaltura session (KS) for testing")
+    ks_command.add_argument("--partner", type=int, required=True, help="partner id")
+    ks_command.add_argument("--secret", required=True, help="the partner's admin secret")
+    ks_command.add_argument("--privileges", default="", help='e.g. "sview:0_abc,download:*,iprestrict:10.0.0.0/8"')
+    ks_command.add_argument("--expiry", type=int, default=86400, help="seconds from now (default 86400)")
+    ks_command.add_argument("--type", type=int, default=0, choices=(0, 2), help="0 user (default), 2 admin")
+    ks_command.add_argument("--user", default="", help="user id")
+    ks_command.add_argument("--v2", action="store_true", help="make a v2 (AES) KS instead of v1")
     args = parser.parse_args(argv)
+    if args.command == "ks":
+        from .access import make_ks
+
+        print(make_ks(args.partner, args.secret, privileges=args.privileges, expiry=int(time.time()) + args.expiry,
+                      type=args.type, user_id=args.user, v2=args.v2))
+        return 0
 
     _configure_logging()
     try:

@@ -12,6 +12,7 @@ Environment overrides: `MEDIAPROXY_<SECTION>_<KEY>` for any key (`MEDIAPROXY_CAC
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -38,6 +39,7 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
     access_log: bool = True
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For names the client
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,11 @@ def _check(config: Config) -> None:
         raise ConfigError(f"[server] port {config.server.port} is not a TCP port")
     if config.server.workers < 0:
         raise ConfigError("[server] workers must be 0 (one per core) or more")
+    for proxy in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"[server] trusted_proxies: {proxy!r} is not an IP address or network") from None
     if min(config.processing.threads, config.processing.queue, config.processing.clip_processes) < 0:
         raise ConfigError("[processing] threads, queue and clip_processes must be 0 or more")
     flavor = config.video.thumbnail_flavor
