@@ -7,6 +7,7 @@ where a decoded image does. Clips copy packets (no re-encoding) from the keyfram
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -45,8 +46,7 @@ def probe_video(path: Path) -> VideoInfo:
         if not duration and stream.duration:
             duration = float(stream.duration * time_base)
         start = float(stream.start_time * time_base) if stream.start_time else 0.0
-        keyframes = tuple(float(entry.timestamp * time_base) - start for entry in stream.index_entries
-                          if entry.is_keyframe)
+        keyframes = _keyframe_times(stream, time_base)
         first = _ForwardDecoder(container, stream, time_base, start).first_frame()
         if first is None:
             raise Unprocessable("the video has no decodable frames")
@@ -89,7 +89,7 @@ class _ForwardDecoder:
         self.frames = None  # the decode iterator, once started
         self.current = None  # the last frame decoded (shown until the next one's time)
         self.pending = None  # a frame decoded past the previous target, not yet consumed
-        self.keyframes = [float(e.timestamp * time_base) - start for e in stream.index_entries if e.is_keyframe]
+        self.keyframes = list(_keyframe_times(stream, time_base))
 
     def first_frame(self):
         self._seek(0.0)
@@ -155,6 +155,17 @@ class _ForwardDecoder:
                     continue  # a damaged packet: skip it, as players do
         except av.FFmpegError as error:
             raise Unprocessable(f"the video cannot be decoded ({_reason(error)})") from None
+
+
+def _keyframe_times(stream, time_base: Fraction) -> tuple[float, ...]:
+    """Keyframe display times from the container's index, where it has one (MP4). The index holds decode times:
+    with B-frames those run ahead of display by a constant delay, which aligning the first entry to the stream's
+    start removes."""
+    entries = [entry.timestamp for entry in stream.index_entries if entry.is_keyframe]
+    if not entries:
+        return ()
+    first = min(entry.timestamp for entry in stream.index_entries)
+    return tuple(float((timestamp - first) * time_base) for timestamp in entries)
 
 
 def _to_image(frame, stream, scale: float) -> Image.Image:
@@ -230,7 +241,8 @@ class Clip:
 
 CLIP_FORMATS = {"mp4": "mp4", "flv": "flv"}
 _MP4_CODECS = {"h264", "hevc", "av1", "vp9", "mpeg4", "aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
-_FLV_CODECS = {"h264", "flv1", "vp6f", "vp6", "aac", "mp3", "nellymoser", "pcm_s16le", "speex", "adpcm_swf"}
+_FLV_CODECS = {"h264", "flv1", "vp6f", "vp6", "vp6a", "aac", "mp3", "nellymoser", "pcm_s16le", "speex",
+               "adpcm_swf"}
 
 
 def cut_clip(source: Path, target: Path, start: float, end: float | None, output: str) -> Clip:
@@ -244,55 +256,89 @@ def cut_clip(source: Path, target: Path, start: float, end: float | None, output
         audio = container.streams.audio[0] if container.streams.audio else None
         allowed = _MP4_CODECS if output == "mp4" else _FLV_CODECS
         for stream in filter(None, (video, audio)):
-            if stream.codec_context.name not in allowed:
-                raise BadRequest(f"flvclipper: {stream.codec_context.name} cannot go in an {output} clip")
+            codec = stream.codec_context.codec.canonical_name  # "flv1", "mp3": not decoder names like "mp3float"
+            if codec not in allowed:
+                raise BadRequest(f"flvclipper: {codec} cannot go in an {output} clip")
         options = {"movflags": "+faststart"} if output == "mp4" else {}
         with av.open(str(target), "w", format=CLIP_FORMATS[output], options=options) as out:
             streams = {video.index: out.add_stream_from_template(video)}
             if audio is not None:
                 streams[audio.index] = out.add_stream_from_template(audio)
-            return _copy_packets(container, out, video, audio, streams, start, end)
+            return _copy_packets(container, video, audio, lambda packet: _mux(out, streams, packet), start, end)
 
 
-def _copy_packets(container, out, video, audio, streams, start: float, end: float | None) -> Clip:
-    video_base = video.time_base
-    video_start = video.start_time or 0
-    try:
-        container.seek(int(start / video_base) + video_start, stream=video, backward=True, any_frame=False)
-    except av.FFmpegError:
-        container.seek(0)
-    origin = None  # the source time (s) that becomes 0 in the clip: the first keyframe's decode time
-    last_end = 0.0
-    video_done = audio_done = audio is None
-    for packet in container.demux(*filter(None, (video, audio))):
-        if packet.dts is None and packet.pts is None:
+def _copy_packets(container, video, audio, mux, start: float, end: float | None) -> Clip:
+    video_zero = float((video.start_time or 0) * video.time_base)  # the source time shown as 0
+    packets, origin = _from_keyframe(container, video, audio, start + video_zero)
+    stop = None if end is None else end + video_zero
+    video_done, audio_done = False, audio is None
+    last = origin
+    for packet in packets:
+        if packet.pts is None:
             continue  # flush packets
         base = packet.stream.time_base
-        stamp = float((packet.dts if packet.dts is not None else packet.pts) * base)
+        shown = float(packet.pts * base)
         if packet.stream is video:
-            if origin is None:
-                if not packet.is_keyframe:
-                    continue  # the demuxer landed before a keyframe: the clip starts at one
-                origin = stamp
-            if end is not None and float(packet.pts * base) - float(video_start * base) >= end:
-                video_done = True
+            if shown < origin - 1e-6:
+                continue  # leading B-frames of an open GOP: they need the GOP before
+            video_done = video_done or (stop is not None and shown >= stop)
         else:
-            if origin is None or stamp < origin:
+            if shown < origin - 1e-6:
                 continue  # audio from before the clip
-            if end is not None and stamp - float(video_start * base) >= end:
-                audio_done = True
+            audio_done = audio_done or (stop is not None and shown >= stop)
         if video_done and audio_done:
             break
-        if (packet.stream is video and video_done) or (packet.stream is audio and audio_done):
+        if video_done if packet.stream is video else audio_done:
             continue
-        shift = int(round(origin / base))
-        if packet.pts is not None:
-            packet.pts -= shift
+        shift = round(origin / base)
+        packet.pts -= shift
         if packet.dts is not None:
             packet.dts -= shift
-        last_end = max(last_end, float(((packet.pts or 0) + (packet.duration or 0)) * base))
-        packet.stream = streams[packet.stream.index]
-        out.mux(packet)
-    if origin is None:
-        raise BadRequest("flvclipper: clip_from is past the end of the video")
-    return Clip(start=origin - float(video_start * video_base), duration=last_end)
+        last = max(last, shown + float((packet.duration or 0) * base))
+        mux(packet)
+    return Clip(start=origin - video_zero, duration=last - origin)
+
+
+def _from_keyframe(container, video, audio, start: float):
+    """(packets from the last video keyframe shown at or before `start`, that keyframe's time in seconds).
+
+    The demuxer's seek is only a first guess: it is followed forward to the last keyframe not after `start`
+    (packets since that keyframe are held back), and walked back where it landed late (MPEG-TS, FLV without an
+    index, a start inside the last GOP).
+    """
+    streams = [stream for stream in (video, audio) if stream is not None]
+    back = 0.0
+    while True:
+        position = max(start - back, 0.0)
+        try:
+            container.seek(int(position / video.time_base), stream=video, backward=True, any_frame=False)
+        except av.FFmpegError:
+            position = 0.0
+            container.seek(0, backward=True)
+        packets = container.demux(*streams)
+        held: list = []  # packets since the best keyframe so far
+        best = None
+        for packet in packets:
+            shown = float(packet.pts * packet.stream.time_base) if packet.pts is not None else None
+            if packet.stream is video and packet.is_keyframe and shown is not None:
+                if shown <= start + 1e-3 or (best is None and position == 0.0):
+                    best, held = shown, [packet]
+                    continue
+                if best is None:
+                    break  # the first keyframe is already after start: step back
+                return itertools.chain(held, [packet], packets), best
+            if best is not None:
+                held.append(packet)
+                if packet.stream is video and shown is not None and shown > start:
+                    return itertools.chain(held, packets), best  # start lies inside this GOP
+        else:
+            if best is not None:
+                return iter(held), best
+            if position == 0.0:
+                raise Unprocessable("the video has no keyframe to start a clip at")
+        back = max(back * 2, 1.0)
+
+
+def _mux(out, streams, packet) -> None:
+    packet.stream = streams[packet.stream.index]
+    out.mux(packet)

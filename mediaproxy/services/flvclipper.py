@@ -13,7 +13,7 @@ from aiohttp import web
 from ..cache.disk import DiskCache
 from ..cache.singleflight import SingleFlight
 from ..config import Config
-from ..errors import BadRequest
+from ..errors import BadRequest, Unprocessable
 from ..media.probe import MediaKind
 from ..media.video import cut_clip
 from ..refs import FileSelector
@@ -35,6 +35,8 @@ class ClipService:
 
     async def handle(self, request: ClipRequest, http_request: web.Request) -> web.StreamResponse:
         source = await self.sources.get(request.entry, FileSelector(flavor_id=request.flavor_id))
+        if source.media.kind is MediaKind.OTHER:
+            raise Unprocessable(f"flvclipper: the original of {request.entry.entry_id} cannot be decoded")
         if source.media.kind is not MediaKind.VIDEO:
             raise BadRequest(f"flvclipper: entry {request.entry.entry_id} is {source.media.kind}, not a video")
         info = await self.sources.video_info(source)
