@@ -52,13 +52,14 @@ def tool(name: str) -> str:
 class Mediaproxy:
     """`mediaproxy serve` as a user runs it, on a config written for the benchmark."""
 
-    def __init__(self, workdir: Path, origin_root: Path, extra: str = "") -> None:
+    def __init__(self, workdir: Path, origin_root: Path, extra: str = "", workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "mediaproxy.toml"
-        config.write_text(f'[server]\nport = {self.port}\naccess_log = false\n[origin]\nroot = "{origin_root}"\n'
-                          f'revalidate_seconds = 3600\n[cache]\ndir = "{workdir / "cache"}"\n{extra}\n')
+        config.write_text(f'[server]\nport = {self.port}\nworkers = {workers}\naccess_log = false\n'
+                          f'[origin]\nroot = "{origin_root}"\nrevalidate_seconds = 3600\n'
+                          f'[cache]\ndir = "{workdir / "cache"}"\n{extra}\n')
         self.log = open(workdir / "mediaproxy.log", "w")
         self.process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config)],
                                         stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -113,6 +114,25 @@ http {{
         self.process.wait(timeout=10)
 
 
+class BareAiohttp:
+    """bench/bare_aiohttp.py in `processes` processes sharing a port: the ceiling of any aiohttp server."""
+
+    def __init__(self, body: Path, processes: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        script = Path(__file__).resolve().parent / "bare_aiohttp.py"
+        self.processes = [subprocess.Popen([sys.executable, str(script), str(body), str(self.port)])
+                          for _ in range(processes)]
+
+    def __enter__(self) -> BareAiohttp:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
 @dataclass
 class Load:
     requests_per_second: float
@@ -126,6 +146,8 @@ _WRK_SCRIPT = """
 local counter = 0
 local threads = 0
 local prefix = "{prefix}"
+local suffix = "{suffix}"
+local modulo = {modulo}
 local unique = {unique}
 function setup(thread)
   threads = threads + 1
@@ -137,7 +159,9 @@ end
 request = function()
   if unique then
     counter = counter + 1
-    return wrk.format("GET", prefix .. counter)
+    local value = counter
+    if modulo > 0 then value = counter % modulo end
+    return wrk.format("GET", prefix .. value .. suffix)
   end
   return wrk.format("GET", prefix)
 end
@@ -150,14 +174,15 @@ end
 
 
 def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int = 1, unique: bool = False,
-        offset: int = 0) -> Load:
+        offset: int = 0, modulo: int = 0, suffix: str = "") -> Load:
     """Drive GET url+path (with unique=True: path + a counter, so every request is a new cache key).
 
     Counters start at offset + 1,000,000 × thread number: keep offset + threads × 1e6 under 10,000,000 when the
-    counter is a `version` (which is clamped there).
+    counter is a `version` (which is clamped there). With `modulo`, the path is prefix + counter % modulo + suffix.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT.format(prefix=path, unique="true" if unique else "false", offset_base=offset))
+        script.write(_WRK_SCRIPT.format(prefix=path, suffix=suffix, modulo=modulo,
+                                        unique="true" if unique else "false", offset_base=offset))
     try:
         result = subprocess.run([tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout",
                                  "30s", "-s", script.name, url], capture_output=True, text=True, check=True)
@@ -189,3 +214,9 @@ def in_threads(work: Callable[[int], object], *, threads: int, seconds: float) -
     for worker in workers:
         worker.join()
     return sum(done) / (time.monotonic() - started)
+
+
+def run_in_background(function: Callable[[], object]) -> threading.Thread:
+    thread = threading.Thread(target=function, daemon=True)
+    thread.start()
+    return thread

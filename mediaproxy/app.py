@@ -18,7 +18,7 @@ from .access import AccessPolicy
 from .cache.disk import DiskCache
 from .cache.memory import MemoryCache
 from .config import Config
-from .errors import MediaProxyError, MethodNotAllowed
+from .errors import MediaProxyError, MethodNotAllowed, ProcessingTimeout
 from .origins.base import Origin
 from .origins.http import HttpOrigin
 from .origins.local import LocalOrigin
@@ -46,8 +46,10 @@ class Runtime:
         self.disk = DiskCache(config.cache.dir, config.cache.disk_bytes)
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
                                                size_of=_memory_size)
-        self.pool = WorkPool(config.processing.threads, config.processing.queue)
-        self.clip_pool = WorkPool(config.processing.clip_processes, config.processing.queue, processes=True)
+        processing = config.processing
+        self.pool = WorkPool(processing.threads, processing.queue, queue_timeout=processing.queue_timeout_seconds)
+        self.clip_pool = WorkPool(processing.clip_processes, processing.queue,
+                                  queue_timeout=processing.queue_timeout_seconds, processes=True)
         self.origin = _make_origin(config, self.disk)
         self.store = OriginalStore(self.origin, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                                    not_found_seconds=config.origin.not_found_seconds)
@@ -110,7 +112,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     grant = runtime.access.check(parsed.service, parsed.entry.partner_id, parsed.entry.entry_id,
                                  parsed.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
                                  remote=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
-    response = await runtime.services[parsed.service].handle(parsed, request)
+    limit = runtime.config.limits.request_seconds
+    try:
+        async with asyncio.timeout(limit if limit > 0 else None):
+            response = await runtime.services[parsed.service].handle(parsed, request)
+    except TimeoutError:
+        raise ProcessingTimeout(f"the answer took longer than {limit:g} s") from None
     if grant.private:  # shown to one KS holder: no shared cache may keep it
         response.headers["Cache-Control"] = response.headers["Cache-Control"].replace("public", "private")
     return response

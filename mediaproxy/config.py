@@ -66,12 +66,14 @@ class LimitsConfig:
     max_original_bytes: int = 4_000_000_000
     max_source_pixels: int = 100_000_000
     max_output_pixels: int = 50_000_000
+    request_seconds: float = 60.0  # the longest a request may take to produce its answer (then 504); 0 = no limit
 
 
 @dataclass(frozen=True)
 class ProcessingConfig:
     threads: int = 0  # CPU work threads; 0 = one per core
     queue: int = 64  # jobs waiting for a thread beyond which requests get 503
+    queue_timeout_seconds: float = 10.0  # a job waiting longer than this for a thread is dropped (503); 0 = never
     clip_processes: int = 1  # processes cutting clips (the remux loop holds the GIL); 0 = one per core
 
 

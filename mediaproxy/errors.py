@@ -83,6 +83,14 @@ class UpstreamTimeout(UpstreamFailed):
     status = 504
 
 
+class ProcessingTimeout(MediaProxyError):
+    """The answer took longer than the configured per-request limit."""
+
+    status = 504
+    kaltura_code = 17
+    kaltura_description = "PROCESSING_TIMEOUT"
+
+
 class Overloaded(MediaProxyError):
     status = 503
     kaltura_code = 46

@@ -20,11 +20,13 @@ T = TypeVar("T")
 
 
 class WorkPool:
-    def __init__(self, threads: int = 0, queue: int = 64, *, processes: bool = False) -> None:
+    def __init__(self, threads: int = 0, queue: int = 64, *, queue_timeout: float = 0.0,
+                 processes: bool = False) -> None:
         self.threads = threads or os.cpu_count() or 1
         self.capacity = self.threads + queue
+        self.queue_timeout = queue_timeout  # a job still waiting for a worker after this long is dropped (0: never)
         self.pending = 0  # jobs admitted and not finished (queued or running)
-        self.rejected = 0
+        self.rejected = 0  # refused at the door or dropped from the queue
         self._executor: Executor
         if processes:  # forkserver: never fork a process that already runs threads
             self._executor = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("forkserver"))
@@ -40,7 +42,13 @@ class WorkPool:
         job = self._executor.submit(function, *args)
         # counted until the thread really finishes, even when the waiting request has gone away
         job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
-        return await asyncio.wrap_future(job)
+        result = asyncio.wrap_future(job)
+        if self.queue_timeout > 0:
+            done, _ = await asyncio.wait({result}, timeout=self.queue_timeout)
+            if not done and job.cancel():  # still queued (a running job cannot be cancelled: it is waited for)
+                self.rejected += 1
+                raise Overloaded(f"server busy: no worker was free within {self.queue_timeout:g} s", retry_after=2)
+        return await result
 
     def _finished(self) -> None:
         self.pending -= 1

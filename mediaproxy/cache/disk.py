@@ -1,9 +1,11 @@
 """A byte-bounded LRU of files on disk that survives restarts and is never seen half-written.
 
-Each entry is a data file and a JSON sidecar `{key, size, digest, meta}` under `data/ab/<sha256 of key>`.
-Writes go to `tmp/` and are renamed into place (data first, sidecar last), so a reader sees a complete entry or
-none; a sidecar whose size or BLAKE2 digest does not match its data (a torn write, a disk fault, a hand edit) is
-treated as a miss and the entry removed, so the caller rebuilds it. Several processes may share one directory:
+Two kinds of entries live under `data/ab/<sha256 of key>`:
+- files (originals, clips: served by path): a data file and a JSON sidecar `{key, size, digest, meta}`;
+- blobs (rendered results: read whole): one `.blob` file, a header with the same fields, then the bytes.
+Writes go to `tmp/` and are renamed into place (a file's data first, its sidecar last), so a reader sees a
+complete entry or none; an entry whose size or BLAKE2 digest does not match (a torn write, a disk fault, a hand
+edit) is treated as a miss and removed, so the caller rebuilds it. Several processes may share one directory:
 every operation tolerates a file that another process just replaced or evicted.
 """
 
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 _TOUCH_INTERVAL = 3600.0  # seconds between persisting an entry's recency (the sidecar's mtime)
 _STALE_TMP_SECONDS = 3600.0  # older leftovers in tmp/ belong to no live writer
 _VERIFY_CHUNK = 1 << 20
+_BLOB_MAGIC = b"MPB1"
+_BLOB = ".blob"
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,22 @@ class DiskCache:
         self._tmp.mkdir(parents=True, exist_ok=True)
         now = time.time()
         for leftover in self._tmp.iterdir():
-            _remove_if_older(leftover, now - _STALE_TMP_SECONDS)
+            if not _writer_alive(leftover):
+                _unlink(leftover)  # its writer is gone (a crash, kill -9): it will never be finished
+            else:
+                _remove_if_older(leftover, now - _STALE_TMP_SECONDS)
         found: list[tuple[float, str, int]] = []
         for shard in self._data.iterdir():
             if not shard.is_dir():
                 continue
             for path in shard.iterdir():
-                if path.suffix == ".json":
+                if path.suffix == _BLOB:
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append((stat.st_mtime, path.stem, stat.st_size))
+                elif path.suffix == ".json":
                     data = path.with_suffix("")
                     try:
                         found.append((path.stat().st_mtime, path.stem, data.stat().st_size))
@@ -116,25 +129,36 @@ class DiskCache:
             self._verified.add((name, stat.st_mtime_ns, stat.st_size))
         return CachedFile(data, stat.st_size, stat.st_mtime_ns, str(record.get("digest")), record.get("meta") or {})
 
-    async def read_bytes(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
-        """A small entry's bytes (digest checked on every read), or None."""
-        name = _name(key)
-        found = await asyncio.to_thread(self._read_sync, name, key)
-        return self._looked_up(name, found)
+    def known(self, key: str) -> bool:
+        """Whether this process has seen the entry (at start-up or since). False may still be on disk, written by
+        another worker: callers that can rebuild cheaply use it to skip a disk lookup that would miss."""
+        return _name(key) in self._index
 
-    def _read_sync(self, name: str, key: str) -> tuple[bytes, dict[str, Any]] | None | _Broken:
-        data, sidecar = self._paths(name)
+    async def read_blob(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """A blob's bytes and meta (digest checked on every read), or None."""
+        name = _name(key)
+        found = self._looked_up(name, await asyncio.to_thread(self._read_blob_sync, name, key))
+        return None if found is None else (found[0], found[1])
+
+    def _read_blob_sync(self, name: str, key: str) -> tuple[bytes, dict[str, Any], int] | None | _Broken:
         try:
-            record = json.loads(sidecar.read_bytes())
-            body = data.read_bytes()
+            raw = self._blob_path(name).read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return self._broken(name, "unreadable entry")
+        except OSError:
+            return self._broken(name, "unreadable blob")
+        try:
+            if raw[:4] != _BLOB_MAGIC:
+                raise ValueError("no blob header")
+            header_end = 8 + int.from_bytes(raw[4:8], "big")
+            record = json.loads(raw[8:header_end])
+            body = raw[header_end:]
+        except ValueError:
+            return self._broken(name, "unreadable blob header")
         if (not isinstance(record, dict) or record.get("key") != key or record.get("size") != len(body)
                 or hashlib.blake2b(body, digest_size=16).hexdigest() != record.get("digest")):
-            return self._broken(name, "does not match its sidecar")
-        return body, record.get("meta") or {}
+            return self._broken(name, "blob does not match its header")
+        return body, record.get("meta") or {}, len(raw)
 
     def _broken(self, name: str, reason: str) -> _Broken:
         """(worker thread) remove a damaged entry's files; the event loop forgets it in `_looked_up`."""
@@ -147,22 +171,44 @@ class DiskCache:
             self.total_bytes -= self._index.pop(name, 0)
             return None
         if found is not None:
-            size = found.size if isinstance(found, CachedFile) else len(found[0])
-            self._used(name, size)
+            self._used(name, found.size if isinstance(found, CachedFile) else found[2])
         return found
 
     # ----------------------------------------------------------------------------------------------- writing
 
-    async def store_bytes(self, key: str, body: bytes, meta: dict[str, Any] | None = None) -> CachedFile:
-        name = _name(key)
-        entry = await asyncio.to_thread(self._store_bytes_sync, name, key, body, meta or {})
-        self._added(name, entry.size)
-        return entry
+    async def store_blobs(self, blobs: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+        """Write (key, bytes, meta) blobs in one trip to a worker thread (results are written in batches).
 
-    def _store_bytes_sync(self, name: str, key: str, body: bytes, meta: dict[str, Any]) -> CachedFile:
-        tmp = self._tmp_path()
-        tmp.write_bytes(body)
-        return self._commit(name, key, tmp, len(body), hashlib.blake2b(body, digest_size=16).hexdigest(), meta)
+        A failure (a full disk) stops the batch and is raised; what was written before it counts.
+        """
+        written, error = await asyncio.to_thread(self._store_blobs_sync, blobs)
+        if written:
+            self._added(*written)
+        if error is not None:
+            raise error
+
+    def _store_blobs_sync(self, blobs: list[tuple[str, bytes, dict[str, Any]]]
+                          ) -> tuple[list[tuple[str, int]], OSError | None]:
+        written = []
+        for key, body, meta in blobs:
+            name = _name(key)
+            header = json.dumps({"key": key, "size": len(body), "digest": hashlib.blake2b(body, digest_size=16)
+                                 .hexdigest(), "meta": meta}).encode()
+            tmp = None
+            try:
+                tmp = self._write_tmp(b"".join((_BLOB_MAGIC, len(header).to_bytes(4, "big"), header, body)))
+                target = self._blob_path(name)
+                try:
+                    os.replace(tmp, target)
+                except FileNotFoundError:  # the first entry of its shard
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, target)
+            except OSError as error:
+                if tmp is not None:
+                    _unlink(tmp)
+                return written, error
+            written.append((name, 8 + len(header) + len(body)))
+        return written, None
 
     async def store_stream(self, key: str, chunks: AsyncIterator[bytes], meta: dict[str, Any] | None = None, *,
                            expected_size: int | None = None, max_bytes: int | None = None,
@@ -173,6 +219,7 @@ class DiskCache:
         """
         name = _name(key)
         tmp = self._tmp_path()
+        await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
         digest = hashlib.blake2b(digest_size=16)
         size = 0
         try:
@@ -189,7 +236,7 @@ class DiskCache:
         except BaseException:
             await asyncio.to_thread(_unlink, tmp)
             raise
-        self._added(name, entry.size)
+        self._added((name, entry.size))
         return entry
 
     async def store_file(self, key: str, write: Callable[[Path], dict | None], meta: dict[str, Any] | None = None,
@@ -200,6 +247,7 @@ class DiskCache:
         """
         name = _name(key)
         tmp = self._tmp_path()
+        await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
         try:
             written = await (asyncio.to_thread(write, tmp) if run is None else run(write, tmp))
             meta = {**(meta or {}), **(written if isinstance(written, dict) else {})}
@@ -207,7 +255,7 @@ class DiskCache:
         except BaseException:
             await asyncio.to_thread(_unlink, tmp)
             raise
-        self._added(name, entry.size)
+        self._added((name, entry.size))
         return entry
 
     def _commit_written(self, name: str, key: str, tmp: Path, meta: dict[str, Any]) -> CachedFile:
@@ -216,11 +264,13 @@ class DiskCache:
     def _commit(self, name: str, key: str, tmp: Path, size: int, digest: str, meta: dict[str, Any],
                 mtime: float | None = None) -> CachedFile:
         data, sidecar = self._paths(name)
-        data.parent.mkdir(parents=True, exist_ok=True)
         _unlink(sidecar)  # a reader must never pair the old sidecar with the new data
-        os.replace(tmp, data)
-        sidecar_tmp = self._tmp_path()
-        sidecar_tmp.write_text(json.dumps({"key": key, "size": size, "digest": digest, "meta": meta}))
+        try:
+            os.replace(tmp, data)
+        except FileNotFoundError:  # the first entry of its shard
+            data.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, data)
+        sidecar_tmp = self._write_tmp(json.dumps({"key": key, "size": size, "digest": digest, "meta": meta}).encode())
         os.replace(sidecar_tmp, sidecar)
         if mtime is not None:  # dated only now: until its sidecar exists, new data must not look like an old orphan
             os.utime(data, (mtime, mtime))
@@ -229,8 +279,16 @@ class DiskCache:
         return CachedFile(data, size, stat.st_mtime_ns, digest, meta)
 
     def _tmp_path(self) -> Path:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        return self._tmp / f"{uuid.uuid4().hex}.part"
+        return self._tmp / f"{os.getpid()}-{uuid.uuid4().hex}.part"  # the writer's pid: see _writer_alive
+
+    def _write_tmp(self, body: bytes) -> Path:
+        tmp = self._tmp_path()
+        try:
+            tmp.write_bytes(body)
+        except FileNotFoundError:  # tmp/ was removed under us (it is made at start())
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(body)
+        return tmp
 
     # ----------------------------------------------------------------------------------------------- upkeep
 
@@ -251,39 +309,42 @@ class DiskCache:
             self.total_bytes += size
         now = time.monotonic()
         if now - self._touched.get(name, -math.inf) > _TOUCH_INTERVAL:
-            self._touched[name] = now
-            try:
-                os.utime(self._paths(name)[1])
-            except OSError:
-                pass
+            self._touched[name] = now  # recency survives a restart as the mtime of the sidecar (files) or blob
+            for path in (self._paths(name)[1], self._blob_path(name)):
+                try:
+                    os.utime(path)
+                    break
+                except OSError:
+                    continue
 
-    def _added(self, name: str, size: int) -> None:
-        self.total_bytes += size - self._index.pop(name, 0)
-        self._index[name] = size
-        self._touched[name] = time.monotonic()
-        victims = self._choose_victims(keep=name)
+    def _added(self, *entries: tuple[str, int]) -> None:
+        """Count freshly written (name, size) entries, then evict for them (them last, the newest never)."""
+        now = time.monotonic()
+        for name, size in entries:
+            self.total_bytes += size - self._index.pop(name, 0)
+            self._index[name] = size
+            self._touched[name] = now
+        victims = self._choose_victims(keep=[name for name, _ in entries])
         if victims:
             asyncio.get_running_loop().run_in_executor(None, self._delete_many, victims)
 
-    def _choose_victims(self, keep: str | None = None) -> list[str]:
+    def _choose_victims(self, keep: list[str] = ()) -> list[str]:
         """Forget least recently used entries until 90% of the budget is left; the caller deletes their files.
 
-        `keep` (the entry just written, which a caller is about to use) is never chosen.
+        Entries in `keep` (just written, oldest first) go only when everything else has gone, and the last never:
+        a caller is about to use it.
         """
         if self.total_bytes <= self.max_bytes:
             return []
         target = int(self.max_bytes * 0.9)
+        protected = set(keep)
+        order = [name for name in self._index if name not in protected] + [n for n in keep[:-1] if n in self._index]
         victims = []
-        while self.total_bytes > target and self._index:
-            name = next(iter(self._index))
-            if name == keep:
-                if len(self._index) == 1:
-                    break
-                self._index.move_to_end(name)
-                continue
-            size = self._index.pop(name)
+        for name in order:
+            if self.total_bytes <= target:
+                break
+            self.total_bytes -= self._index.pop(name)
             self._touched.pop(name, None)
-            self.total_bytes -= size
             victims.append(name)
         return victims
 
@@ -291,10 +352,14 @@ class DiskCache:
         for name in names:
             self._delete_files(name)
 
+    def _blob_path(self, name: str) -> Path:
+        return self._data / name[:2] / (name + _BLOB)
+
     def _delete_files(self, name: str) -> None:
         data, sidecar = self._paths(name)
         _unlink(sidecar)
         _unlink(data)
+        _unlink(self._blob_path(name))
 
 
 class _Broken:
@@ -321,6 +386,22 @@ def _unlink(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _writer_alive(leftover: Path) -> bool:
+    """Whether the process that named this temporary file may still be writing it (called at start-up)."""
+    pid, _, _ = leftover.name.partition("-")
+    if not pid.isdigit():
+        return True  # not our naming: left to the age rule
+    if int(pid) == os.getpid():
+        return False  # nothing of ours is in progress yet: an earlier process that had our pid left it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_if_older(path: Path, cutoff: float) -> None:

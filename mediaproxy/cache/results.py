@@ -12,6 +12,7 @@ from .memory import MemoryCache
 from .singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
+_MAX_UNWRITTEN = 2000  # results waiting for the disk; past that (a stalled disk) new ones stay in memory only
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class ResultCache:
         self.memory = memory
         self.disk = disk
         self._flights: SingleFlight[tuple[Result, str]] = SingleFlight()
-        self._writes: set[asyncio.Task] = set()
+        self._unwritten: list[tuple[str, bytes, dict]] = []
+        self._writer: asyncio.Task | None = None
 
     async def get(self, key: str, make: Callable[[], Awaitable[Result]], *,
                   persist: bool = True) -> tuple[Result, str]:
@@ -42,7 +44,9 @@ class ResultCache:
 
     async def _load_or_make(self, key: str, make: Callable[[], Awaitable[Result]],
                             persist: bool) -> tuple[Result, str]:
-        found = await self.disk.read_bytes(f"result|{key}")
+        disk_key = f"result|{key}"
+        # a result another worker wrote since start-up is rendered again here: cheaper than a disk lookup per miss
+        found = await self.disk.read_blob(disk_key) if self.disk.known(disk_key) else None
         if found is not None:
             body, meta = found
             result = Result(body, meta.get("content_type", "application/octet-stream"), meta.get("extra", {}))
@@ -50,20 +54,25 @@ class ResultCache:
             return result, "disk"
         result = await make()
         self.memory.put(("result", key), result)
-        if persist:  # written behind the response: the client need not wait for the disk
-            task = asyncio.create_task(self._persist(key, result))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        if persist and len(self._unwritten) < _MAX_UNWRITTEN:  # written behind the response, in batches
+            self._unwritten.append((disk_key, result.body, {"content_type": result.content_type,
+                                                            "extra": result.meta}))
+            if self._writer is None:
+                self._writer = asyncio.create_task(self._write_behind())
         return result, "render"
 
-    async def _persist(self, key: str, result: Result) -> None:
+    async def _write_behind(self) -> None:
         try:
-            await self.disk.store_bytes(f"result|{key}", result.body,
-                                        {"content_type": result.content_type, "extra": result.meta})
-        except OSError as error:
-            log.warning("could not write a result to the disk cache: %s", error)
+            while self._unwritten:
+                batch, self._unwritten = self._unwritten, []
+                try:
+                    await self.disk.store_blobs(batch)
+                except OSError as error:
+                    log.warning("could not write %d results to the disk cache: %s", len(batch), error)
+        finally:
+            self._writer = None
 
     async def flush(self) -> None:
         """Wait for results still being written (at shutdown)."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        while self._writer is not None:
+            await asyncio.shield(self._writer)

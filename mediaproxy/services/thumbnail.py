@@ -6,10 +6,13 @@ key, and answers with Cache-Control, a strong ETag and Last-Modified (304 when t
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from cachetools import LRUCache
 
 from ..cache.results import Result, ResultCache
 from ..config import Config
@@ -35,9 +38,20 @@ class ThumbnailService:
         self.pool = pool
         self.config = config
         self.placeholder = (config.video.audio_placeholder or BUNDLED_AUDIO_PLACEHOLDER).read_bytes()
+        self._prepared: LRUCache = LRUCache(maxsize=20_000)
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
         source = await self._source(request)
+        memo = (request, source.original.identity, source.original.manifest.thumb_offset)
+        prepared = self._prepared.get(memo)
+        if prepared is None:  # what hot requests would recompute every time: the key, times, validators
+            prepared = self._prepared[memo] = await self._prepare(request, source)
+        if not_modified(http_request, prepared.etag, source.original.mtime):
+            return web.Response(status=304, headers=prepared.headers)
+        result, _tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared))
+        return web.Response(body=result.body, content_type=result.content_type, headers=prepared.headers)
+
+    async def _prepare(self, request: ThumbnailRequest, source: Source) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
         quality = request.quality or partner.quality or DEFAULT_QUALITY
         key = f"{request.cache_key()}|q={quality if request.format in _LOSSY else '-'}|{source.original.identity}"
@@ -53,16 +67,10 @@ class ThumbnailService:
             key += "|placeholder"
             max_age = min(max_age, self.config.http.placeholder_max_age)
         etag = '"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
-        response = web.Response(headers={"Cache-Control": cache_control(max_age), "ETag": etag})
-        response.last_modified = source.original.mtime
-        if not_modified(http_request, etag, source.original.mtime):
-            response.set_status(304)
-            return response
+        headers = {"Cache-Control": cache_control(max_age), "ETag": etag,
+                   "Last-Modified": email.utils.formatdate(source.original.mtime, usegmt=True)}
         settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels)
-        result, _tier = await self.results.get(key, lambda: self._render(request, source, times, settings))
-        response.body = result.body
-        response.content_type = result.content_type
-        return response
+        return _Prepared(key, etag, headers, times, settings)
 
     async def _source(self, request: ThumbnailRequest) -> Source:
         """The flavor asked for; else the configured frame flavor when the entry has it; else the original."""
@@ -77,9 +85,8 @@ class ThumbnailService:
         return await self.sources.get(request.entry, FileSelector(flavor_id=request.flavor_id,
                                                                   version=request.version))
 
-    async def _render(self, request: ThumbnailRequest, source: Source, times: list[float],
-                      settings: RenderSettings) -> Result:
-        media = source.media
+    async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
+        media, times, settings = source.media, prepared.times, prepared.settings
         if media.kind is MediaKind.IMAGE:
             if media.width * media.height > settings.max_source_pixels:  # refused before decoding or queueing
                 raise TooLarge(f"the original is {media.width}x{media.height} pixels "
@@ -95,6 +102,15 @@ class ThumbnailService:
         else:
             raise Unprocessable(f"entry {request.entry.entry_id} is not an image, a video or audio")
         return _result(rendered)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    key: str  # the canonical result key
+    etag: str
+    headers: dict[str, str]
+    times: list[float]  # video: the frames to grab
+    settings: RenderSettings
 
 
 def _result(rendered: Rendered) -> Result:
