@@ -52,7 +52,7 @@ def tool(name: str) -> str:
 class Mediaproxy:
     """`mediaproxy serve` as a user runs it, on a config written for the benchmark."""
 
-    def __init__(self, workdir: Path, origin_root: Path, extra: str = "", workers: int = 1) -> None:
+    def __init__(self, workdir: Path, origin_root: Path, extra: str = "", workers: int = CORES) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ class Runtime:
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
                                                size_of=_memory_size)
         processing = config.processing
-        self.pool = WorkPool(processing.threads, processing.queue, queue_timeout=processing.queue_timeout_seconds)
+        self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds)
         self.clip_pool = WorkPool(processing.clip_processes, processing.queue,
                                   queue_timeout=processing.queue_timeout_seconds, processes=True)
         self.origin = _make_origin(config, self.disk)

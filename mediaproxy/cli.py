@@ -69,7 +69,7 @@ def load_config(path: Path | None) -> Config:
 
 
 def serve(config: Config) -> int:
-    workers = config.server.workers or os.cpu_count() or 1
+    workers = config.worker_count
     origin = config.origin.root if config.origin.kind == "local" else config.origin.url
     log.info("mediaproxy %s serving %s origin %s on http://%s:%d/ (%d worker%s)", __version__, config.origin.kind,
              origin, config.server.host, config.server.port, workers, "" if workers == 1 else "s")

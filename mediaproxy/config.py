@@ -37,7 +37,7 @@ class ConfigError(Exception):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1  # processes sharing the port (SO_REUSEPORT)
+    workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0 = one per core
     access_log: bool = True
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For names the client
 
@@ -71,7 +71,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class ProcessingConfig:
-    threads: int = 0  # CPU work threads; 0 = one per core
+    threads: int = 0  # CPU work threads per worker; 0 = the cores divided among the workers (at least 1)
     queue: int = 64  # jobs waiting for a thread beyond which requests get 503
     queue_timeout_seconds: float = 10.0  # a job waiting longer than this for a thread is dropped (503); 0 = never
     clip_processes: int = 1  # processes cutting clips (the remux loop holds the GIL); 0 = one per core
@@ -119,6 +119,15 @@ class Config:
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     partners: Mapping[int, PartnerConfig] = field(default_factory=dict)
     source: Path | None = None  # the file this came from, for messages
+
+    @property
+    def worker_count(self) -> int:
+        return self.server.workers or os.cpu_count() or 1
+
+    @property
+    def thread_count(self) -> int:
+        """Work threads per worker: one process per core with one thread each beats threads fighting a GIL."""
+        return self.processing.threads or max(1, (os.cpu_count() or 1) // self.worker_count)
 
     def partner(self, partner_id: int) -> PartnerConfig:
         return self.partners.get(partner_id, _PUBLIC_PARTNER)

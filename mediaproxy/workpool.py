@@ -11,7 +11,7 @@ import asyncio
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 from .errors import Overloaded
@@ -29,7 +29,8 @@ class WorkPool:
         self.rejected = 0  # refused at the door or dropped from the queue
         self._executor: Executor
         if processes:  # forkserver: never fork a process that already runs threads
-            self._executor = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("forkserver"))
+            self._executor = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("forkserver"),
+                                                 initializer=_background_priority)
         else:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="mediaproxy-work")
 
@@ -38,20 +39,42 @@ class WorkPool:
             self.rejected += 1
             raise Overloaded(f"server busy: {self.pending} jobs in progress, try again shortly", retry_after=1)
         loop = asyncio.get_running_loop()
-        self.pending += 1
+        waiter = loop.create_future()
+        self.pending += 1  # counted until the job really ends, even when the requester has gone away
         job = self._executor.submit(function, *args)
-        # counted until the thread really finishes, even when the waiting request has gone away
-        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
-        result = asyncio.wrap_future(job)
-        if self.queue_timeout > 0:
-            done, _ = await asyncio.wait({result}, timeout=self.queue_timeout)
-            if not done and job.cancel():  # still queued (a running job cannot be cancelled: it is waited for)
-                self.rejected += 1
-                raise Overloaded(f"server busy: no worker was free within {self.queue_timeout:g} s", retry_after=2)
-        return await result
+        expiry = loop.call_later(self.queue_timeout, self._expire, job, waiter) if self.queue_timeout > 0 else None
+        # one wake-up of the event loop per job: the result and the bookkeeping travel together
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._settle, job, waiter, expiry))
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            job.cancel()  # not started yet: it never runs
+            raise
 
-    def _finished(self) -> None:
+    def _settle(self, job: Future, waiter: asyncio.Future, expiry: asyncio.TimerHandle | None) -> None:
         self.pending -= 1
+        if expiry is not None:
+            expiry.cancel()
+        if waiter.done():
+            return  # the requester went away, or the job was dropped from the queue
+        if job.cancelled():
+            waiter.cancel()
+        elif job.exception() is not None:
+            waiter.set_exception(job.exception())
+        else:
+            waiter.set_result(job.result())
+
+    def _expire(self, job: Future, waiter: asyncio.Future) -> None:
+        """Still queued after queue_timeout: dropped (a running job cannot be cancelled: it is waited for)."""
+        if not waiter.done() and job.cancel():
+            self.rejected += 1
+            waiter.set_exception(Overloaded(f"server busy: no worker was free within {self.queue_timeout:g} s",
+                                            retry_after=2))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _background_priority() -> None:
+    """Clip processes yield the CPU to thumbnails, whose clients wait on a picture (a remux is short anyway)."""
+    os.nice(5)
