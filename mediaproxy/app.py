@@ -7,13 +7,15 @@ SPEC §6 answer in `_errors` (a status, a one-line body, Kaltura's headers, neve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from . import __version__, urls
+from . import __version__, metrics, urls
 from .access import AccessPolicy
 from .cache.disk import DiskCache
 from .cache.memory import MemoryCache
@@ -23,7 +25,7 @@ from .origins.base import Origin
 from .origins.http import HttpOrigin
 from .origins.local import LocalOrigin
 from .origins.store import OriginalStore
-from .responses import CORS_HEADERS, PREFLIGHT_HEADERS, error_response
+from .responses import CORS_HEADERS, ENTRY, PREFLIGHT_HEADERS, SERVICE, STARTED, TIER, error_response
 from .cache.results import ResultCache
 from .services.flvclipper import ClipService
 from .services.raw import RawService
@@ -34,6 +36,7 @@ from .workpool import WorkPool
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", "Runtime")
+
 SERVER_HEADER = f"mediaproxy/{__version__}"
 
 
@@ -43,13 +46,16 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.started = time.time()
+        self._health_checked = -1e9
+        self._origin_ok = False
         self.disk = DiskCache(config.cache.dir, config.cache.disk_bytes)
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
                                                size_of=_memory_size)
         processing = config.processing
-        self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds)
+        self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds,
+                             name="images")
         self.clip_pool = WorkPool(processing.clip_processes, processing.queue,
-                                  queue_timeout=processing.queue_timeout_seconds, processes=True)
+                                  queue_timeout=processing.queue_timeout_seconds, processes=True, name="clips")
         self.origin = _make_origin(config, self.disk)
         self.store = OriginalStore(self.origin, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                                    not_found_seconds=config.origin.not_found_seconds)
@@ -64,6 +70,14 @@ class Runtime:
 
     async def start(self) -> None:
         await self.disk.start()
+
+    async def origin_reachable(self) -> bool:
+        """Checked at most every few seconds (health checks come often)."""
+        now = time.monotonic()
+        if now - self._health_checked > 5:
+            self._health_checked = now
+            self._origin_ok = await self.origin.reachable()
+        return self._origin_ok
 
     async def close(self) -> None:
         await self.results.flush()
@@ -96,7 +110,9 @@ def make_app(config: Config) -> web.Application:
         await runtime.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.on_response_prepare.append(_add_common_headers)
+    app.on_response_prepare.append(_finish_response)
+    app.router.add_get("/healthz", _health)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_route("*", "/{path:.*}", _dispatch)
     return app
 
@@ -109,6 +125,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
     target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
     parsed = urls.parse(target, runtime.config.defaults.partner_id)
+    request[SERVICE] = parsed.service
+    request[ENTRY] = parsed.entry
     grant = runtime.access.check(parsed.service, parsed.entry.partner_id, parsed.entry.entry_id,
                                  parsed.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
                                  remote=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
@@ -125,6 +143,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    request[STARTED] = time.perf_counter()
     max_age = request.app[RUNTIME].config.http.error_max_age
     try:
         return await handler(request)
@@ -143,15 +162,48 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return error_response(MediaProxyError("internal error (logged)"), 0)
 
 
-async def _add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
+async def _finish_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every answer carries, and the request's metrics (status final here, even for 206/304/416)."""
     response.headers["Server"] = SERVER_HEADER
     for name, value in CORS_HEADERS.items():
         response.headers.setdefault(name, value)
+    service = request.get(SERVICE, "other")
+    metrics.REQUESTS.labels(service, str(response.status)).inc()
+    if STARTED in request:
+        metrics.LATENCY.labels(service).observe(time.perf_counter() - request[STARTED])
+
+
+async def _health(request: web.Request) -> web.Response:
+    """200 with what a load balancer or a person wants to know; 503 when the origin cannot be reached."""
+    runtime = request.app[RUNTIME]
+    reachable = await runtime.origin_reachable()
+    body = {"status": "ok" if reachable else "origin unreachable", "version": __version__,
+            "uptime_seconds": round(time.time() - runtime.started, 1), "worker": os.getpid(),
+            "origin": {"kind": runtime.config.origin.kind, "reachable": reachable},
+            "work_jobs": runtime.pool.pending}
+    return web.json_response(body, status=200 if reachable else 503, headers={"Cache-Control": "no-store"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = metrics.exposition()
+    response = web.Response(body=body, headers={"Cache-Control": "no-store", "Content-Type": content_type})
+    return response
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request, KS redacted."""
+    """One line per request (text or JSON, `[server] log_format`), the KS redacted from the path."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
-        self.logger.info("%s %s %s %d %s %.1fms", request.remote, request.method, urls.redact_ks(request.raw_path),
-                         response.status, response.body_length, elapsed * 1000)
+        entry = request.get(ENTRY)
+        fields = {
+            "remote": request.remote, "method": request.method, "path": urls.redact_ks(request.raw_path),
+            "status": response.status, "bytes": response.body_length, "ms": round(elapsed * 1000, 1),
+            "service": request.get(SERVICE), "tier": request.get(TIER),
+            "partner": entry.partner_id if entry else None, "entry": entry.entry_id if entry else None,
+        }
+        runtime = request.app.get(RUNTIME) if hasattr(request, "app") else None
+        if runtime is not None and runtime.config.server.log_format == "json":
+            self.logger.info(json.dumps(fields, separators=(",", ":")))
+        else:
+            self.logger.info("%s %s %s %d %s %.1fms %s", fields["remote"], fields["method"], fields["path"],
+                             fields["status"], fields["bytes"], fields["ms"], fields["tier"] or "-")

@@ -8,8 +8,10 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
                       type=args.type, user_id=args.user, v2=args.v2))
         return 0
 
-    _configure_logging()
     try:
         config = load_config(args.config)
     except ConfigError as error:
         print(f"mediaproxy: config error: {error}", file=sys.stderr)
         return 2
+    _configure_logging(config.server.log_level)
     server = config.server
     config = dataclasses.replace(config, server=dataclasses.replace(
         server, host=args.host or server.host, port=args.port if args.port is not None else server.port,
@@ -104,13 +106,16 @@ async def _exit_with_parent(app: web.Application, parent: int) -> None:
 
 
 def _worker_main(config: Config, parent: int) -> None:
-    _configure_logging()
+    _configure_logging(config.server.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     run_worker(config, reuse_port=True, parent=parent)
 
 
 def _supervise(config: Config, count: int) -> int:
     """Run `count` workers on one port (SO_REUSEPORT); restart any that dies; stop them all on SIGTERM/SIGINT."""
+    metrics_dir = _metrics_directory()  # before anything imports prometheus_client: workers share their values
+    from . import metrics
+
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -136,6 +141,8 @@ def _supervise(config: Config, count: int) -> int:
             now = time.monotonic()
             restarts = [moment for moment in restarts if now - moment < 60] + [now]
             log.error("worker %d exited with %s; starting another", worker.pid, worker.exitcode)
+            metrics.worker_exited(worker.pid)
+            metrics.WORKER_RESTARTS.inc()
             if len(restarts) > 5 * count:
                 log.error("workers keep dying; waiting before the next restart")
                 time.sleep(5)
@@ -148,8 +155,23 @@ def _supervise(config: Config, count: int) -> int:
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
             worker.kill()
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s")
+def _metrics_directory() -> str | None:
+    """The folder where worker processes keep their Prometheus values: $PROMETHEUS_MULTIPROC_DIR (emptied), else
+    a fresh one that is removed at the end (returned)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    directory = tempfile.mkdtemp(prefix="mediaproxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+def _configure_logging(level: str = "info") -> None:
+    logging.basicConfig(level=level.upper(), format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s")

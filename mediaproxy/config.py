@@ -39,6 +39,8 @@ class ServerConfig:
     port: int = 8080
     workers: int = 0  # processes sharing the port (SO_REUSEPORT); 0 = one per core
     access_log: bool = True
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
+    log_level: str = "info"
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For names the client
 
 
@@ -290,6 +292,10 @@ def _check(config: Config) -> None:
         raise ConfigError(f"[server] port {config.server.port} is not a TCP port")
     if config.server.workers < 0:
         raise ConfigError("[server] workers must be 0 (one per core) or more")
+    if config.server.log_format not in ("text", "json"):
+        raise ConfigError(f"[server] log_format must be \"text\" or \"json\", not {config.server.log_format!r}")
+    if config.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"[server] log_level must be debug, info, warning or error")
     for proxy in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)

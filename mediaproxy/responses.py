@@ -9,6 +9,13 @@ from urllib.parse import quote
 from aiohttp import web
 
 from .errors import MediaProxyError
+from .refs import EntryRef
+
+# what a request learnt on its way, for the metrics, the access log and Server-Timing
+SERVICE = web.RequestKey("service", str)
+ENTRY = web.RequestKey("entry", EntryRef)
+TIER = web.RequestKey("tier", str)  # where the answer came from: memory, disk, render, file
+STARTED = web.RequestKey("started", float)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -78,3 +85,11 @@ def _clean_name(name: str) -> str:
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")  # control and invisible characters
     name = re.sub(r'["\\/:*?<>|]+', "_", name)
     return " ".join(name.split()).strip(" .")[:200]
+
+
+def server_timing(durations: dict[str, float], tier: str | None = None) -> str:
+    """`Server-Timing` (shown by browsers' developer tools): where the time went, in milliseconds."""
+    parts = [f"{name};dur={milliseconds:.1f}" for name, milliseconds in durations.items()]
+    if tier:
+        parts.append(f"cache;desc={tier}")
+    return ", ".join(parts)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
+from . import metrics
 from .errors import Overloaded
 
 T = TypeVar("T")
@@ -21,7 +22,8 @@ T = TypeVar("T")
 
 class WorkPool:
     def __init__(self, threads: int = 0, queue: int = 64, *, queue_timeout: float = 0.0,
-                 processes: bool = False) -> None:
+                 processes: bool = False, name: str = "work") -> None:
+        self.name = name
         self.threads = threads or os.cpu_count() or 1
         self.capacity = self.threads + queue
         self.queue_timeout = queue_timeout  # a job still waiting for a worker after this long is dropped (0: never)
@@ -37,10 +39,12 @@ class WorkPool:
     async def run(self, function: Callable[..., T], *args) -> T:
         if self.pending >= self.capacity:
             self.rejected += 1
+            metrics.REJECTED.labels(self.name).inc()
             raise Overloaded(f"server busy: {self.pending} jobs in progress, try again shortly", retry_after=1)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self.pending += 1  # counted until the job really ends, even when the requester has gone away
+        metrics.QUEUE.labels(self.name).inc()
         job = self._executor.submit(function, *args)
         expiry = loop.call_later(self.queue_timeout, self._expire, job, waiter) if self.queue_timeout > 0 else None
         # one wake-up of the event loop per job: the result and the bookkeeping travel together
@@ -53,6 +57,7 @@ class WorkPool:
 
     def _settle(self, job: Future, waiter: asyncio.Future, expiry: asyncio.TimerHandle | None) -> None:
         self.pending -= 1
+        metrics.QUEUE.labels(self.name).dec()
         if expiry is not None:
             expiry.cancel()
         if waiter.done():
@@ -68,6 +73,7 @@ class WorkPool:
         """Still queued after queue_timeout: dropped (a running job cannot be cancelled: it is waited for)."""
         if not waiter.done() and job.cancel():
             self.rejected += 1
+            metrics.REJECTED.labels(self.name).inc()
             waiter.set_exception(Overloaded(f"server busy: no worker was free within {self.queue_timeout:g} s",
                                             retry_after=2))
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .. import metrics
 from .disk import DiskCache
 from .memory import MemoryCache
 from .singleflight import SingleFlight
@@ -39,7 +40,9 @@ class ResultCache:
         """(the result, where it came from: "memory", "disk" or "render")."""
         result = self.memory.get(("result", key))
         if result is not None:
+            metrics.CACHE.labels("memory", "hit").inc()
             return result, "memory"
+        metrics.CACHE.labels("memory", "miss").inc()
         return await self._flights.run(key, lambda: self._load_or_make(key, make, persist))
 
     async def _load_or_make(self, key: str, make: Callable[[], Awaitable[Result]],
@@ -47,6 +50,7 @@ class ResultCache:
         disk_key = f"result|{key}"
         # a result another worker wrote since start-up is rendered again here: cheaper than a disk lookup per miss
         found = await self.disk.read_blob(disk_key) if self.disk.known(disk_key) else None
+        metrics.CACHE.labels("disk", "miss" if found is None else "hit").inc()
         if found is not None:
             body, meta = found
             result = Result(body, meta.get("content_type", "application/octet-stream"), meta.get("extra", {}))

@@ -6,7 +6,8 @@ a strip), so both enter the same pipeline. Pure functions: no HTTP, no caches; r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -29,6 +30,7 @@ class Rendered:
     content_type: str
     width: int
     height: int
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds by step, for Server-Timing
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,12 @@ def plan_for(request: ThumbnailRequest, source_size: tuple[int, int], settings: 
 
 
 def render_image(request: ThumbnailRequest, data: bytes, settings: RenderSettings) -> Rendered:
+    clock = _Clock()
     decoded, plan = decode(data, lambda size: plan_for(request, size, settings), settings.max_source_pixels)
-    picture = paint.resize(paint.normalise_mode(decoded.image), plan, decoded.shrink)
-    return _finish(request, picture, plan, settings, decoded.info)
+    clock.lap("decode")
+    picture = _paint(request, paint.resize(paint.normalise_mode(decoded.image), plan, decoded.shrink), plan)
+    clock.lap("resize")
+    return _encode(request, picture, settings, decoded.info, clock)
 
 
 def render_picture(request: ThumbnailRequest, picture: Image.Image, settings: RenderSettings) -> Rendered:
@@ -57,34 +62,35 @@ def render_picture(request: ThumbnailRequest, picture: Image.Image, settings: Re
 def render_video(request: ThumbnailRequest, path: Path, times: list[float], display_size: tuple[int, int],
                  settings: RenderSettings) -> Rendered:
     """Frames at `times` (one, or a strip), grabbed already shrunk to the detail the plan needs."""
+    clock = _Clock()
     plan = plan_for(request, display_size, settings)
     width, height = plan.output_size
     if len(times) > 1 and width * len(times) >= STRIP_LIMIT:
         raise BadRequest(f"vid_slices: a strip of {len(times)} frames {width} wide is too large (limit {STRIP_LIMIT})")
-    return render_pictures(request, grab_frames(path, times, min(1.0, plan.scale)), display_size, settings)
+    frames = grab_frames(path, times, min(1.0, plan.scale))
+    clock.lap("decode")
+    return render_pictures(request, frames, display_size, settings, clock)
 
 
 def render_pictures(request: ThumbnailRequest, pictures: list[Image.Image], source_size: tuple[int, int],
-                    settings: RenderSettings) -> Rendered:
+                    settings: RenderSettings, clock: _Clock | None = None) -> Rendered:
     """Pictures already decoded and upright (video frames, possibly shrunk from `source_size`) through the same
     steps; several pictures (a strip) are laid side by side, the first on the left."""
     plan = plan_for(request, source_size, settings)
     tiles = [_paint(request, paint.resize(paint.normalise_mode(picture), plan,
                                           (picture.width / source_size[0], picture.height / source_size[1])), plan)
              for picture in pictures]
+    clock = clock or _Clock()
     if len(tiles) == 1:
-        return _encode(request, tiles[0], settings, {})
+        clock.lap("resize")
+        return _encode(request, tiles[0], settings, {}, clock)
     strip = Image.new(tiles[0].mode, (sum(tile.width for tile in tiles), max(tile.height for tile in tiles)))
     left = 0
     for tile in tiles:
         strip.paste(tile, (left, 0))
         left += tile.width
-    return _encode(request, strip, settings, {})
-
-
-def _finish(request: ThumbnailRequest, picture: Image.Image, plan: Plan, settings: RenderSettings,
-            metadata: dict) -> Rendered:
-    return _encode(request, _paint(request, picture, plan), settings, metadata)
+    clock.lap("resize")
+    return _encode(request, strip, settings, {}, clock)
 
 
 def _paint(request: ThumbnailRequest, picture: Image.Image, plan: Plan) -> Image.Image:
@@ -95,7 +101,20 @@ def _paint(request: ThumbnailRequest, picture: Image.Image, plan: Plan) -> Image
     return picture
 
 
-def _encode(request: ThumbnailRequest, picture: Image.Image, settings: RenderSettings, metadata: dict) -> Rendered:
+def _encode(request: ThumbnailRequest, picture: Image.Image, settings: RenderSettings, metadata: dict,
+            clock: _Clock) -> Rendered:
     body = encode(picture, request.format, settings.quality, density=request.density,
                   metadata=None if request.strip else metadata)
-    return Rendered(body, CONTENT_TYPES[request.format], picture.width, picture.height)
+    clock.lap("encode")
+    return Rendered(body, CONTENT_TYPES[request.format], picture.width, picture.height, clock.laps)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = (now - self._last) * 1000
+        self._last = now

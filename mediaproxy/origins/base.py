@@ -54,6 +54,9 @@ class Origin(Protocol):
     async def fetch(self, ref: EntryRef, selector: FileSelector) -> Original:
         """The selected file, on local disk. Raises EntryNotFound, FlavorNotFound, UpstreamFailed, TooLarge."""
 
+    async def reachable(self) -> bool:
+        """Whether the origin answers at all (for /healthz)."""
+
     async def close(self) -> None: ...
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 from cachetools import LRUCache
 from yarl import URL
 
+from .. import metrics
 from ..cache.disk import CachedFile, DiskCache, SizeMismatch, TooBig
 from ..errors import MediaProxyError, TooLarge, UpstreamFailed, UpstreamTimeout
 from ..refs import EntryRef, FileSelector
@@ -51,6 +53,14 @@ class HttpOrigin:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def reachable(self) -> bool:
+        """Any HTTP answer from the base URL counts (a 403 or 404 there is normal); no answer does not."""
+        try:
+            async with self.session.head(self.base, allow_redirects=False):
+                return True
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            return False
 
     def url(self, ref: EntryRef, file_name: str) -> URL:
         return self.base / str(ref.partner_id) / ref.entry_id / file_name
@@ -111,8 +121,11 @@ class HttpOrigin:
                 headers["If-None-Match"] = cached.meta["etag"]
             if cached.meta.get("last_modified"):
                 headers["If-Modified-Since"] = cached.meta["last_modified"]
+        started = time.perf_counter()
         async with self._request("GET", url, headers=headers) as response:
             if response.status == 304 and cached is not None:
+                metrics.CACHE.labels("origin", "revalidated").inc()
+                metrics.UPSTREAM_SECONDS.observe(time.perf_counter() - started)
                 return self._original(ref, file_name, manifest, cached)
             if response.status in (404, 410):
                 if cached is not None:
@@ -120,6 +133,9 @@ class HttpOrigin:
                 return None
             _check_status(response, url)
             entry = await self._store(key, response, url)
+        metrics.CACHE.labels("origin", "fetched").inc()
+        metrics.UPSTREAM_BYTES.inc(entry.size)
+        metrics.UPSTREAM_SECONDS.observe(time.perf_counter() - started)
         return self._original(ref, file_name, manifest, entry)
 
     async def _store(self, key: str, response: aiohttp.ClientResponse, url: URL) -> CachedFile:
@@ -134,6 +150,7 @@ class HttpOrigin:
         except TooBig:
             raise TooLarge(f"the original is over the limit of {self.max_bytes} bytes") from None
         except SizeMismatch as exc:
+            metrics.UPSTREAM_ERRORS.labels("truncated").inc()
             raise UpstreamFailed(f"upstream sent a truncated body ({exc})") from None
 
     def _original(self, ref: EntryRef, file_name: str, manifest: EntryManifest, entry: CachedFile) -> Original:
@@ -167,16 +184,20 @@ class _Upstream:
 
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        metrics.UPSTREAM_ERRORS.labels("timeout").inc()
         return UpstreamTimeout("upstream origin timed out")
     if isinstance(exc, aiohttp.ClientPayloadError):
+        metrics.UPSTREAM_ERRORS.labels("truncated").inc()
         return UpstreamFailed("upstream sent a truncated body")
     if isinstance(exc, (aiohttp.ClientError, OSError)):
+        metrics.UPSTREAM_ERRORS.labels("connection").inc()
         return UpstreamFailed(f"upstream origin unreachable ({type(exc).__name__})")
     return exc
 
 
 def _check_status(response: aiohttp.ClientResponse, url: URL) -> None:
     if response.status != 200:
+        metrics.UPSTREAM_ERRORS.labels("status").inc()
         log.warning("upstream answered %s for %s", response.status, url)
         raise UpstreamFailed(f"upstream origin answered {response.status}")
 

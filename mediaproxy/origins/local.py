@@ -43,5 +43,8 @@ class LocalOrigin:
                             identity=f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}", manifest=manifest)
         raise not_found(ref, selector)
 
+    async def reachable(self) -> bool:
+        return await asyncio.to_thread(self.root.is_dir)
+
     async def close(self) -> None:
         pass

@@ -6,6 +6,7 @@ served from there by FileResponse, so a `<video>` element can seek in them; iden
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -17,7 +18,7 @@ from ..errors import BadRequest, Unprocessable
 from ..media.probe import MediaKind
 from ..media.video import cut_clip
 from ..refs import FileSelector
-from ..responses import cache_control
+from ..responses import TIER, cache_control, server_timing
 from ..urls import ClipRequest
 from ..workpool import WorkPool
 from .sources import Sources
@@ -34,6 +35,7 @@ class ClipService:
         self._cuts: SingleFlight = SingleFlight()
 
     async def handle(self, request: ClipRequest, http_request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         source = await self.sources.get(request.entry, FileSelector(flavor_id=request.flavor_id))
         if source.media.kind is MediaKind.OTHER:
             raise Unprocessable(f"flvclipper: the original of {request.entry.entry_id} cannot be decoded")
@@ -53,20 +55,30 @@ class ClipService:
             "Content-Type": CONTENT_TYPES[container],
             "Cache-Control": cache_control(self.config.max_age("flvclipper", request.entry.partner_id)),
         }
+        origin_ms = (time.perf_counter() - started) * 1000
         if start == 0 and end is None and container == source_container and source.media.extension in (
                 "mp4", "m4v", "flv"):
             headers["X-Clip-Start-Ms"] = "0"  # the whole file, as uploaded
+            headers["Server-Timing"] = server_timing({"origin": origin_ms}, "file")
+            http_request[TIER] = "file"
             return web.FileResponse(source.original.path, headers=headers)
         key = f"{request.cache_key()}|{source.original.identity}|{container}|{start}|{end}"
-        clip = await self._cuts.run(key, lambda: self._clip(key, source.original.path, start, end, container))
+        cut_started = time.perf_counter()
+        clip, tier = await self._cuts.run(key, lambda: self._clip(key, source.original.path, start, end, container))
+        timings = {"origin": origin_ms}
+        if tier == "render":
+            timings["remux"] = (time.perf_counter() - cut_started) * 1000
         headers["X-Clip-Start-Ms"] = str(clip.meta["start_ms"])
+        headers["Server-Timing"] = server_timing(timings, tier)
+        http_request[TIER] = tier
         return web.FileResponse(clip.path, headers=headers)
 
     async def _clip(self, key: str, path: Path, start: float, end: float | None, container: str):
         cached = await self.disk.open(key)
         if cached is not None:
-            return cached
-        return await self.disk.store_file(key, _Cut(path, start, end, container), run=self.processes.run)
+            return cached, "disk"
+        cut = await self.disk.store_file(key, _Cut(path, start, end, container), run=self.processes.run)
+        return cut, "render"
 
 
 class _Cut:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from ..config import Config
-from ..responses import cache_control, content_disposition, download_name
+from ..responses import TIER, cache_control, content_disposition, download_name, server_timing
 from ..urls import RawRequest
 from .sources import Sources
 
@@ -16,11 +18,14 @@ class RawService:
         self.config = config
 
     async def handle(self, request: RawRequest, http_request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         source = await self.sources.get(request.entry, request.selector)
         original = source.original
+        http_request[TIER] = "file"
         headers = {
             "Content-Type": source.media.mime_type,
             "Cache-Control": cache_control(self.config.max_age("raw", request.entry.partner_id)),
+            "Server-Timing": server_timing({"origin": (time.perf_counter() - started) * 1000}, "file"),
         }
         if not request.direct_serve:
             extension = source.media.extension or original.extension

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..media.probe import MediaKind
 from ..media.thumbnail import Rendered, RenderSettings, render_image, render_video
 from ..media.video import frame_times
 from ..refs import FileSelector
-from ..responses import cache_control, not_modified
+from ..responses import TIER, cache_control, not_modified, server_timing
 from ..urls import OutputFormat, ThumbnailRequest
 from ..workpool import WorkPool
 from .sources import Source, Sources
@@ -41,15 +42,20 @@ class ThumbnailService:
         self._prepared: LRUCache = LRUCache(maxsize=20_000)
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         source = await self._source(request)
         memo = (request, source.original.identity, source.original.manifest.thumb_offset)
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
             prepared = self._prepared[memo] = await self._prepare(request, source)
+        origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.original.mtime):
             return web.Response(status=304, headers=prepared.headers)
-        result, _tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared))
-        return web.Response(body=result.body, content_type=result.content_type, headers=prepared.headers)
+        result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared))
+        http_request[TIER] = tier
+        timings = {"origin": origin_ms, **(result.meta.get("timings", {}) if tier == "render" else {})}
+        return web.Response(body=result.body, content_type=result.content_type,
+                            headers={**prepared.headers, "Server-Timing": server_timing(timings, tier)})
 
     async def _prepare(self, request: ThumbnailRequest, source: Source) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
@@ -114,4 +120,5 @@ class _Prepared:
 
 
 def _result(rendered: Rendered) -> Result:
-    return Result(rendered.body, rendered.content_type, {"width": rendered.width, "height": rendered.height})
+    return Result(rendered.body, rendered.content_type,
+                  {"width": rendered.width, "height": rendered.height, "timings": rendered.timings})

@@ -1,0 +1,44 @@
+"""Prometheus metrics (prometheus-client), shared across worker processes in multi-process mode.
+
+The supervisor sets PROMETHEUS_MULTIPROC_DIR before starting workers, so every worker's values live in files
+there and `/metrics` on any worker reports the sum; a single process keeps them in memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter("mediaproxy_requests_total", "Requests answered", ["service", "status"])
+LATENCY = Histogram("mediaproxy_request_seconds", "Time until the response headers", ["service"],
+                    buckets=_LATENCY_BUCKETS)
+CACHE = Counter("mediaproxy_cache_lookups_total", "Cache lookups by tier (memory, disk, origin) and outcome",
+                ["tier", "outcome"])
+QUEUE = Gauge("mediaproxy_work_jobs", "Jobs admitted to a work pool and not finished", ["pool"],
+              multiprocess_mode="livesum")
+REJECTED = Counter("mediaproxy_work_rejected_total", "Jobs refused or dropped because a pool was full", ["pool"])
+UPSTREAM_BYTES = Counter("mediaproxy_upstream_bytes_total", "Bytes of originals fetched from the upstream")
+UPSTREAM_SECONDS = Histogram("mediaproxy_upstream_fetch_seconds", "Time to fetch or revalidate an original",
+                             buckets=_LATENCY_BUCKETS)
+UPSTREAM_ERRORS = Counter("mediaproxy_upstream_errors_total", "Upstream failures", ["kind"])
+WORKER_RESTARTS = Counter("mediaproxy_worker_restarts_total", "Workers restarted by the supervisor")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text and its Content-Type."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Forget a dead worker's live gauges (its counters keep counting in the sum)."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(pid)
