@@ -1,4 +1,4 @@
-"""The `mediaproxy` command: serve (one process, or workers sharing the port), and `ks` to make a test KS."""
+"""The `mediaproxy` command: serve (one process, or workers sharing the port); ks, url and warm helpers."""
 
 from __future__ import annotations
 
@@ -41,7 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     ks_command.add_argument("--type", type=int, default=0, choices=(0, 2), help="0 user (default), 2 admin")
     ks_command.add_argument("--user", default="", help="user id")
     ks_command.add_argument("--v2", action="store_true", help="make a v2 (AES) KS instead of v1")
-    args = parser.parse_args(argv)
+    warm_command = commands.add_parser("warm", help="fetch a list of URLs (from a file or stdin) so the caches "
+                                                      "hold them; progress and a summary")
+    warm_command.add_argument("file", nargs="?", default="-", help="one URL or path per line (default: stdin)")
+    warm_command.add_argument("--base", default="http://127.0.0.1:8080", help="prefix of lines that are paths")
+    warm_command.add_argument("--concurrency", type=int, default=8, help="requests at a time (default 8)")
+    url_command = commands.add_parser("url", help="print a URL of the Kaltura grammar",
+                                      description="e.g. mediaproxy url thumbnail --entry 0_abc width=320 type=3")
+    url_command.add_argument("service", choices=("thumbnail", "flvclipper", "raw"))
+    url_command.add_argument("--entry", required=True, help="entry id")
+    url_command.add_argument("--partner", type=int, default=100, help="partner id (default 100)")
+    url_command.add_argument("--sp", type=int, help="sub-partner id (default partner × 100)")
+    url_command.add_argument("--base", default="http://127.0.0.1:8080", help="scheme and host ('' for a path)")
+    url_command.add_argument("params", nargs="*", metavar="key=value", help="parameters, in order")
+    args, extra = parser.parse_known_args(argv)  # `url` takes key=value pairs anywhere among its options
+    if extra and args.command != "url" or any(item.startswith("-") for item in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "url":
+        args.params += extra
+    if args.command == "warm":
+        return _warm(args)
+    if args.command == "url":
+        return _url(args)
     if args.command == "ks":
         from .access import make_ks
 
@@ -60,6 +81,39 @@ def main(argv: list[str] | None = None) -> int:
         server, host=args.host or server.host, port=args.port if args.port is not None else server.port,
         workers=args.workers if args.workers is not None else server.workers))
     return serve(config)
+
+
+def _warm(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .warm import report, targets, warm
+
+    source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    with source:
+        urls = targets(source, args.base)
+    summary = asyncio.run(warm(urls, concurrency=args.concurrency))
+    print(report(summary))
+    return 0 if summary.ok else 1
+
+
+def _url(args: argparse.Namespace) -> int:
+    from .errors import MediaProxyError
+    from .urls import build
+
+    params = {}
+    for item in args.params:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            print(f"mediaproxy url: {item!r} is not key=value", file=sys.stderr)
+            return 2
+        params[key] = value
+    try:
+        path = build(args.service, args.partner, args.entry, params, subpartner_id=args.sp)
+    except MediaProxyError as error:
+        print(f"mediaproxy url: {error.message}", file=sys.stderr)
+        return 2
+    print(args.base.rstrip("/") + path)
+    return 0
 
 
 def load_config(path: Path | None) -> Config:

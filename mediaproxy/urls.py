@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from .errors import BadRequest, NotFound
 from .refs import ID_PATTERN, EntryRef, FileSelector
@@ -389,3 +389,18 @@ def _raw(partner_id: int, params: _Params) -> RawRequest:
         direct_serve=params.flag("direct_serve"),
         ks=params.get("ks"),
     )
+
+
+def build(service: str, partner_id: int, entry_id: str, params: dict[str, str] | None = None, *,
+          subpartner_id: int | None = None) -> str:
+    """A path in the Kaltura grammar: `/p/{P}/sp/{SP}/{service}/entry_id/{id}/{key}/{value}...` (checked by parsing it
+    back, so a URL that would be refused is refused here)."""
+    if service not in ("thumbnail", "flvclipper", "raw"):
+        raise BadRequest(f"service: {service!r} is not thumbnail, flvclipper or raw")
+    subpartner = subpartner_id if subpartner_id is not None else partner_id * 100
+    segments = ["p", str(partner_id), "sp", str(subpartner), service, "entry_id", entry_id]
+    for key, value in (params or {}).items():
+        segments += [quote(str(key), safe=""), quote(str(value), safe="!")]
+    path = "/" + "/".join(segments)
+    parse(path, partner_id)
+    return path
