@@ -1,0 +1,126 @@
+"""deploy/nginx.conf as shipped: nginx caching in front of two mediaproxy nodes, on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import FIXTURE_MEDIA, REPO, free_port, require_tool
+
+DEPLOY = REPO / "deploy" / "nginx.conf"
+
+
+def _start_node(tmp_path: Path, name: str) -> tuple[subprocess.Popen, int, Path]:
+    port = free_port()
+    config = tmp_path / f"{name}.toml"
+    config.write_text(f'[origin]\nroot = "{FIXTURE_MEDIA}"\n[cache]\ndir = "{tmp_path / name}"\n'
+                      '[partners.200]\nadmin_secrets = ["mediaproxy-fixture-secret-200"]\nks_required_for = ["raw"]\n')
+    log = tmp_path / f"{name}.log"
+    process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config), "--port",
+                                str(port), "--workers", "1"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    return process, port, log
+
+
+def _wait(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
+
+
+def _get(url: str, headers: dict[str, str] | None = None):
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+def _served(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "mediaproxy.access" in line and " GET /p/" in line]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nginx_binary = require_tool("nginx")
+    nodes = [_start_node(tmp_path, "node1"), _start_node(tmp_path, "node2")]
+    port = free_port()
+    work = tmp_path / "nginx"
+    work.mkdir()
+    config = DEPLOY.read_text()
+    for old, new in (("127.0.0.1:8081", f"127.0.0.1:{nodes[0][1]}"), ("127.0.0.1:8082", f"127.0.0.1:{nodes[1][1]}"),
+                     ("listen 8080;", f"listen 127.0.0.1:{port};"), ("/var/cache/nginx/mediaproxy", str(work / "c")),
+                     ("/run/nginx-mediaproxy.pid", str(work / "pid")),
+                     ("/var/log/nginx/mediaproxy-error.log", str(work / "error.log"))):
+        assert old in config, f"deploy/nginx.conf no longer has {old!r}"
+        config = config.replace(old, new)
+    prefix = "daemon off;\n" + ("user root;\n" if os.geteuid() == 0 else "")
+    (work / "nginx.conf").write_text(prefix + config)
+    nginx = subprocess.Popen([nginx_binary, "-c", str(work / "nginx.conf"), "-p", str(work)],
+                             stderr=subprocess.PIPE)
+    try:
+        for _, node_port, _ in nodes:
+            _wait(f"http://127.0.0.1:{node_port}/healthz")
+        _wait(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}", nodes
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+        for process, _, _ in nodes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=20)
+
+
+def test_requests_are_spread_cached_and_survive_a_node(cluster):
+    url, nodes = cluster
+    for width in range(100, 130):
+        status, headers, body = _get(f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/{width}")
+        assert status == 200 and body[:2] == b"\xff\xd8"
+    spread = [len(_served(log)) for _, _, log in nodes]
+    assert sum(spread) == 30 and all(count > 0 for count in spread), spread
+
+    # a repeated URL comes from nginx's cache: the nodes do not see it again
+    _, first, _ = _get(f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/100")
+    assert first["X-Cache-Status"] == "HIT"
+    assert sum(len(_served(log)) for _, _, log in nodes) == 30
+
+    # ranges of raw originals are cut from cached slices
+    photo = (FIXTURE_MEDIA / "100/0_photo/original.jpg").read_bytes()
+    for _ in range(2):
+        status, headers, body = _get(f"{url}/p/100/sp/10000/raw/entry_id/0_photo", {"Range": "bytes=1000-1999"})
+        assert status == 206 and body == photo[1000:2000]
+        assert headers["Content-Range"] == f"bytes 1000-1999/{len(photo)}"
+    assert headers["X-Cache-Status"] == "HIT"
+
+    # one node dies: traffic keeps flowing through the other
+    nodes[0][0].kill()
+    nodes[0][0].wait(timeout=10)
+    for width in range(200, 220):
+        status, _, body = _get(f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/{width}")
+        assert status == 200 and body[:2] == b"\xff\xd8"
+
+
+def test_answers_that_needed_a_ks_are_not_cached(cluster):
+    url, nodes = cluster
+    from mediaproxy.access import make_ks
+
+    ks = make_ks(200, "mediaproxy-fixture-secret-200", privileges="download:*")
+    for _ in range(2):
+        status, headers, _ = _get(f"{url}/p/200/sp/20000/raw/entry_id/0_private", {"X-Kaltura-Ks": ks})
+        assert status == 200
+        assert headers["Cache-Control"].startswith("private")
+        assert headers["X-Cache-Status"] in ("BYPASS", "MISS")
+    with pytest.raises(urllib.error.HTTPError) as denied:  # and without the KS nothing leaks from a cache
+        _get(f"{url}/p/200/sp/20000/raw/entry_id/0_private")
+    assert denied.value.code == 403
