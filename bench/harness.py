@@ -220,3 +220,72 @@ def run_in_background(function: Callable[[], object]) -> threading.Thread:
     thread = threading.Thread(target=function, daemon=True)
     thread.start()
     return thread
+
+
+THUMBOR_VENV = Path(__file__).resolve().parent / ".venv-thumbor"
+
+
+def thumbor_executable() -> Path:
+    """thumbor, installed from PyPI into the benchmark's own virtualenv on first use."""
+    executable = THUMBOR_VENV / "bin" / "thumbor"
+    if not executable.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(THUMBOR_VENV)], check=True)
+        subprocess.run([str(THUMBOR_VENV / "bin" / "pip"), "install", "-q", "thumbor"], check=True)
+    return executable
+
+
+class Thumbor:
+    """thumbor with its file loader on `root`; `tuned`: engine pool and processes set to the cores."""
+
+    def __init__(self, workdir: Path, root: Path, *, tuned: bool) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "thumbor.conf"
+        lines = [f"LOADER = 'thumbor.loaders.file_loader'", f"FILE_LOADER_ROOT_PATH = '{root}'", "QUALITY = 75",
+                 f"FILE_STORAGE_ROOT_PATH = '{workdir / 'storage'}'"]
+        if tuned:
+            lines += [f"ENGINE_THREADPOOL_SIZE = {CORES}", "STORAGE = 'thumbor.storages.no_storage'"]
+        conf.write_text("\n".join(lines) + "\n")
+        command = [str(thumbor_executable()), "-p", str(self.port), "-i", "127.0.0.1", "-c", str(conf), "-l", "error"]
+        if tuned:
+            command += ["--processes", str(CORES)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> Thumbor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        subprocess.run(["pkill", "-f", f"-p {self.port}"], check=False)  # thumbor's forked processes
+
+
+def peak_rss_mb(pids: list[int]) -> dict[int, float]:
+    """VmHWM (peak resident memory) of each process, in MB."""
+    peaks = {}
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[pid] = int(line.split()[1]) / 1024
+        except FileNotFoundError:
+            continue
+    return peaks
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and b"resource_tracker" not in command and b"forkserver" not in command:
+                found.append(int(entry.name))
+    return found

@@ -20,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (CORES, BareAiohttp, Load, Mediaproxy, Nginx, in_threads,  # noqa: E402
-                           run_in_background, tool, wait_for, wrk)
+from bench.harness import (CORES, BareAiohttp, Load, Mediaproxy, Nginx, Thumbor, children,  # noqa: E402
+                           in_threads, peak_rss_mb, run_in_background, tool, wait_for, wrk)
 from bench.media import panning_video  # noqa: E402
-from fixtures.generate import photo_like_jpeg  # noqa: E402
+from fixtures.generate import photo_like_image, photo_like_jpeg  # noqa: E402
+from PIL import Image  # noqa: E402
 from mediaproxy.media.thumbnail import RenderSettings, render_image, render_video  # noqa: E402
 from mediaproxy.urls import parse  # noqa: E402
 
@@ -32,20 +33,17 @@ Row = tuple[str, str, str, str, str]  # scenario, mediaproxy, baseline, ratio, t
 
 def thumbnails(workdir: Path, seconds: float) -> list[Row]:
     origin = workdir / "origin"
-    photos = {"0_hd": (1920, 1080), "0_12mp": (4000, 3000)}
-    for entry, (width, height) in photos.items():
-        folder = origin / "100" / entry
-        folder.mkdir(parents=True)
-        (folder / "original.jpg").write_bytes(photo_like_jpeg(width, height, quality=90))
+    photos = _photo_origin(origin)
     rows: list[Row] = []
     workers = int(os.environ.get("BENCH_WORKERS", CORES))
     offsets = iter(range(0, 10_000_000, 300_000))  # every cold request a new version, hence a new cache key
     extra = os.environ.get("BENCH_EXTRA_CONFIG", "").replace("\\n", "\n")
     with Mediaproxy(workdir / "mediaproxy", origin, workers=workers, extra=extra) as server:
         wait_for(f"{server.url}/p/100/thumbnail/entry_id/0_hd")
-        for entry, (width, height) in photos.items():
-            path = f"/p/100/sp/10000/thumbnail/entry_id/{entry}/width/320/height/240/version/"
-            data = (origin / "100" / entry / "original.jpg").read_bytes()
+        for entry, (width, height, name) in photos.items():
+            output = "/format/png" if name.endswith(".png") else ""
+            path = f"/p/100/sp/10000/thumbnail/entry_id/{entry}/width/320/height/240{output}/version/"
+            data = (origin / "100" / entry / name).read_bytes()
             request = parse(path + "1", 100)
             settings = RenderSettings(75)
             wrk(server.url, path, seconds=1, connections=4 * CORES, unique=True, offset=5_000_000)  # warm-up
@@ -53,7 +51,8 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
                 lambda: wrk(server.url, path, seconds=seconds, connections=4 * CORES, unique=True,
                             offset=next(offsets)).requests_per_second,
                 lambda: in_threads(lambda _: render_image(request, data, settings), threads=CORES, seconds=seconds))
-            rows.append((f"cold thumbnails/s, {width}×{height} JPEG → 320×240", f"{cold:.1f}",
+            kind = "PNG with alpha → PNG" if name.endswith(".png") else "JPEG →"
+            rows.append((f"cold thumbnails/s, {width}×{height} {kind} 320×240", f"{cold:.1f}",
                          f"{limit:.1f} (in-process, {CORES} threads)", f"{cold / limit:.2f}×", "≥ 0.9×"))
 
         hot_path = "/p/100/sp/10000/thumbnail/entry_id/0_hd/width/320/height/240"
@@ -80,6 +79,76 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
         rows.append(("  hot latency p50 / p99 (ms)", f"{hot.latency_ms_p50:.2f} / {hot.latency_ms_p99:.2f}",
                      f"{plain.latency_ms_p50:.2f} / {plain.latency_ms_p99:.2f}", "", ""))
     return rows
+
+
+def _photo_origin(origin: Path) -> dict[str, tuple[int, int, str]]:
+    """entry id → (width, height, file name) of photo-like sources: 1080p and 12 MP JPEGs, a PNG with alpha."""
+    photos = {"0_hd": (1920, 1080, "original.jpg"), "0_12mp": (4000, 3000, "original.jpg"),
+              "0_alpha": (1600, 1200, "original.png")}
+    for entry, (width, height, name) in photos.items():
+        folder = origin / "100" / entry
+        folder.mkdir(parents=True)
+        if name.endswith(".png"):
+            image = photo_like_image(width, height, seed=5).convert("RGBA")
+            image.putalpha(Image.linear_gradient("L").resize((width, height)))
+            image.save(folder / name, optimize=False)
+        else:
+            (folder / name).write_bytes(photo_like_jpeg(width, height, quality=90))
+    return photos
+
+
+def peers(workdir: Path, seconds: float) -> list[Row]:
+    """The same thumbnails from thumbor (its file loader on the same files), tuned and default."""
+    origin = workdir / "origin"
+    photos = _photo_origin(origin)
+    rows: list[Row] = []
+    offsets = iter(range(0, 10_000_000, 300_000))
+    with Mediaproxy(workdir / "mediaproxy", origin) as server, \
+            Thumbor(workdir / "thumbor-tuned", origin, tuned=True) as tuned, \
+            Thumbor(workdir / "thumbor-default", origin, tuned=False) as default:
+        for url in (f"{server.url}/healthz", f"{tuned.url}/healthcheck", f"{default.url}/healthcheck"):
+            wait_for(url)
+        for entry, (width, height, name) in photos.items():
+            output = "/format/png" if name.endswith(".png") else ""
+            ours = f"/p/100/sp/10000/thumbnail/entry_id/{entry}/width/320/height/240{output}/version/"
+            theirs = f"/unsafe/fit-in/320x240/100/{entry}/{name}"
+            for peer in (tuned, default):
+                wrk(peer.url, theirs, seconds=1, connections=2 * CORES)  # warm-up
+            measure = {
+                "mediaproxy": lambda: wrk(server.url, ours, seconds=seconds, connections=4 * CORES, unique=True,
+                                          offset=next(offsets)).requests_per_second,
+                "tuned": lambda: wrk(tuned.url, theirs, seconds=seconds, connections=4 * CORES).requests_per_second,
+                "default": lambda: wrk(default.url, theirs, seconds=seconds, connections=4 * CORES)
+                .requests_per_second,
+            }
+            ours_tuned, thumbor_tuned = alternate(measure["mediaproxy"], measure["tuned"], rounds=3)
+            ours_default, thumbor_default = alternate(measure["mediaproxy"], measure["default"], rounds=3)
+            kind = "PNG with alpha" if name.endswith(".png") else "JPEG"
+            rows.append((f"cold thumbnails/s, {width}×{height} {kind} → 320×240, vs thumbor tuned",
+                         f"{ours_tuned:.1f}", f"{thumbor_tuned:.1f} (thumbor, {CORES} processes, engine pool "
+                         f"{CORES})", f"{ours_tuned / thumbor_tuned:.2f}×", "≥ 1.2×"))
+            rows.append((f"  … vs thumbor default", f"{ours_default:.1f}", f"{thumbor_default:.1f} (thumbor "
+                         "defaults)", f"{ours_default / thumbor_default:.2f}×", "≥ 2×"))
+    return rows
+
+
+def memory(workdir: Path, seconds: float) -> list[Row]:
+    """Peak resident memory per worker under 64 concurrent distinct 12 MP thumbnails."""
+    origin = workdir / "origin"
+    folder = origin / "100" / "0_12mp"
+    folder.mkdir(parents=True)
+    (folder / "original.jpg").write_bytes(photo_like_jpeg(4000, 3000, quality=90))
+    cache_mb = 256
+    with Mediaproxy(workdir / "mediaproxy", origin, extra=f"[cache]\nmemory_bytes = {cache_mb}_000_000") as server:
+        wait_for(f"{server.url}/healthz")
+        workers = children(server.process.pid) or [server.process.pid]
+        idle = max(peak_rss_mb(workers).values())
+        load = wrk(server.url, "/p/100/sp/10000/thumbnail/entry_id/0_12mp/width/320/height/240/version/",
+                   seconds=max(seconds, 5), connections=64, unique=True)
+        _check(load, "memory scenario")
+        peak = max(peak_rss_mb(workers).values())
+    return [("peak RSS per worker, 64 concurrent 12 MP thumbnails (MB)", f"{peak:.0f} (idle {idle:.0f})",
+             f"{cache_mb} (memory cache) + 200", f"{peak - cache_mb:+.0f} MB over the cache", "≤ +200 MB")]
 
 
 def videos(workdir: Path, seconds: float) -> list[Row]:
@@ -156,7 +225,8 @@ def _check(load: Load, what: str) -> None:
         raise SystemExit(f"bench: {what}: {load.errors} errors in {load.requests} requests")
 
 
-SCENARIOS: dict[str, Callable[[Path, float], list[Row]]] = {"thumbnails": thumbnails, "videos": videos}
+SCENARIOS: dict[str, Callable[[Path, float], list[Row]]] = {
+    "thumbnails": thumbnails, "peers": peers, "videos": videos, "memory": memory}
 
 
 def main() -> int:

@@ -82,6 +82,7 @@ class Runtime:
     async def close(self) -> None:
         await self.results.flush()
         await self.store.close()
+        await self.disk.close()
         self.pool.close()
         self.clip_pool.close()
 

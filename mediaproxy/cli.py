@@ -143,7 +143,7 @@ def run_worker(config: Config, *, reuse_port: bool, parent: int | None = None) -
         app.on_startup.append(lambda app: _exit_with_parent(app, parent))
     access_log = logging.getLogger("mediaproxy.access") if config.server.access_log else None
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port, print=None,
-                access_log_class=AccessLogger, access_log=access_log, shutdown_timeout=10)
+                access_log_class=AccessLogger, access_log=access_log, shutdown_timeout=config.server.shutdown_seconds)
 
 
 async def _exit_with_parent(app: web.Application, parent: int) -> None:
@@ -204,7 +204,8 @@ def _supervise(config: Config, count: int) -> int:
     for worker in workers:
         if worker.is_alive():
             worker.terminate()  # SIGTERM: each worker finishes its requests in flight
-    deadline = time.monotonic() + 15
+    # aiohttp waits up to shutdown_seconds for requests in flight, then as long again after cancelling them
+    deadline = time.monotonic() + 3 * config.server.shutdown_seconds + 5
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():

@@ -42,6 +42,7 @@ class ServerConfig:
     log_format: str = "text"  # "text" or "json" (one JSON object per line)
     log_level: str = "info"
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For names the client
+    shutdown_seconds: float = 5.0  # on SIGTERM, how long requests in flight may take to finish
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,14 @@ class DiskCache:
             self.total_bytes += size
         self._delete_many(self._choose_victims())
 
+    async def close(self) -> None:
+        """At shutdown: remove this process's unfinished temporary files (a write still stuck will never land)."""
+        await asyncio.to_thread(self._remove_own_tmp)
+
+    def _remove_own_tmp(self) -> None:
+        for leftover in self._tmp.glob(f"{os.getpid()}-*.part"):
+            _unlink(leftover)
+
     # ----------------------------------------------------------------------------------------------- reading
 
     async def open(self, key: str, *, verify: bool = True) -> CachedFile | None:

@@ -1,0 +1,733 @@
+"""Resilience: kill -9 while the disk cache is being written, overload (503 at once), graceful SIGTERM.
+
+The crash and shutdown tests run the real `python -m mediaproxy serve` process against a real upstream (nginx, or
+a trickling aiohttp server in a thread) and look at the cache directory itself; the overload tests run the app in
+process with one render thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from .conftest import REPO, free_port, make_config, make_entry
+
+MB = 1 << 20
+RAW_SIZES = {"0_big1": 16 * MB, "0_big2": 28 * MB, "0_big3": 40 * MB, "0_big4": 56 * MB}
+PHOTOS = ["0_pic1", "0_pic2", "0_pic3", "0_pic4", "0_pic5"]
+THUMB_WIDTHS = [160, 320]
+
+
+# --------------------------------------------------------------------------------------------------- media
+
+
+def photo_jpeg(width: int, height: int, seed: int) -> bytes:
+    """A photo-like JPEG: smooth colour fields with grain (so it compresses like a photo, not like noise)."""
+    rng = random.Random(seed)
+    small = (max(1, width // 16), max(1, height // 16))
+    base = Image.frombytes("RGB", small, rng.randbytes(small[0] * small[1] * 3)).resize((width, height),
+                                                                                       Image.BICUBIC)
+    grain = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+    buffer = io.BytesIO()
+    Image.blend(base, grain, 0.12).save(buffer, "JPEG", quality=88)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def big_media(tmp_path_factory) -> Path:
+    """Large originals, made once: raw files of random bytes (16–56 MB) and photo JPEGs; tests hard-link them."""
+    root = tmp_path_factory.mktemp("big-media")
+    for index, (entry, size) in enumerate(RAW_SIZES.items()):
+        folder = root / entry
+        folder.mkdir()
+        (folder / "entry.json").write_text(json.dumps({"original": "original.bin"}))
+        (folder / "original.bin").write_bytes(random.Random(index).randbytes(size))
+    for index, entry in enumerate(PHOTOS):
+        folder = root / entry
+        folder.mkdir()
+        (folder / "entry.json").write_text(json.dumps({"original": "original.jpg"}))
+        (folder / "original.jpg").write_bytes(photo_jpeg(2400, 1600, 100 + index))
+    return root
+
+
+@pytest.fixture(scope="module")
+def huge_photo() -> bytes:
+    """4000×3000: a thumbnail 2000+ wide takes a good fraction of a second to render."""
+    return photo_jpeg(4000, 3000, 7)
+
+
+def install(big_media: Path, upstream_root: Path) -> dict[str, str]:
+    """Hard-link the big media into an upstream root (partner 100); sha256 of each entry's original."""
+    digests = {}
+    for folder in big_media.iterdir():
+        target = upstream_root / "100" / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in folder.iterdir():
+            os.link(file, target / file.name)
+            if file.name != "entry.json":
+                digests[folder.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return digests
+
+
+# --------------------------------------------------------------------------------------------------- a server
+
+
+class Server:
+    """`python -m mediaproxy serve` on its own port; output goes to a file (a full pipe would block it)."""
+
+    def __init__(self, config_file: Path, log: Path, *, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith("MEDIAPROXY_") and name != "PROMETHEUS_MULTIPROC_DIR"}
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mediaproxy", "serve", "--config", str(config_file), "--port",
+                 str(self.port), "--workers", str(workers)], cwd=REPO, env=env, stdout=out,
+                stderr=subprocess.STDOUT)
+        self.pid = self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_up(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output()}")
+                try:
+                    async with session.get(f"{self.url}/up", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                        await response.read()
+                        return  # any HTTP answer (a 404 for this path) means it listens and answers
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    await asyncio.sleep(0.1)
+        raise AssertionError(f"server did not come up:\n{self.output()}")
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after `timeout` (polled: the event loop keeps serving)."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.process.poll()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)  # reaped: a zombie would still look like a live writer of its tmp files
+
+    def stop(self) -> None:
+        """Cleanup for `finally`: SIGTERM, then SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(25)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def write_config(tmp_path: Path, origin_url: str, extra: str = "") -> Path:
+    make_config(tmp_path, f'kind = "http"\nurl = "{origin_url}"\ntimeout_seconds = 30', extra)
+    return tmp_path / "config.toml"
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def unlimited_session(timeout: float = 60) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                                 timeout=aiohttp.ClientTimeout(total=timeout))
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, dict, bytes]:
+    async with session.get(url) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+# --------------------------------------------------------------------------------------------------- the cache on disk
+
+
+def part_files(cache: Path) -> list[Path]:
+    tmp = cache / "tmp"
+    return sorted(tmp.glob("*.part")) if tmp.is_dir() else []
+
+
+def blake(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def check_cache(cache: Path) -> dict[str, int]:
+    """Every entry on disk is whole: a sidecar's data file has its size and digest; a blob parses and matches."""
+    counts = {"files": 0, "blobs": 0, "orphans": 0}
+    data_dir = cache / "data"
+    if not data_dir.is_dir():
+        return counts
+    for path in sorted(data_dir.glob("*/*")):
+        if path.suffix == ".json":
+            record = json.loads(path.read_bytes())
+            data = path.with_suffix("")
+            assert data.is_file(), f"sidecar {path.name} without its data"
+            body = data.read_bytes()
+            assert len(body) == record["size"], f"{record['key']}: {len(body)} bytes on disk, sidecar says " \
+                                                f"{record['size']}"
+            assert blake(body) == record["digest"], f"{record['key']}: digest differs from its sidecar"
+            assert hashlib.sha256(record["key"].encode()).hexdigest() == path.stem
+            counts["files"] += 1
+        elif path.suffix == ".blob":
+            raw = path.read_bytes()
+            assert raw[:4] == b"MPB1", f"{path.name}: no blob magic"
+            end = 8 + int.from_bytes(raw[4:8], "big")
+            record = json.loads(raw[8:end])
+            body = raw[end:]
+            assert len(body) == record["size"], f"{record['key']}: blob body is {len(body)} of {record['size']}"
+            assert blake(body) == record["digest"], f"{record['key']}: blob digest differs"
+            assert hashlib.sha256(record["key"].encode()).hexdigest() == path.stem
+            counts["blobs"] += 1
+        elif not path.with_suffix(".json").exists():
+            counts["orphans"] += 1  # data renamed in place, killed before its sidecar: never served
+    return counts
+
+
+def find_file_entry(cache: Path, url_suffix: str) -> tuple[Path, dict]:
+    for sidecar in (cache / "data").glob("*/*.json"):
+        record = json.loads(sidecar.read_bytes())
+        if record["key"].endswith(url_suffix):
+            return sidecar.with_suffix(""), record
+    raise AssertionError(f"no cached file for {url_suffix}")
+
+
+def find_blob(cache: Path, *needles: str) -> Path:
+    for blob in (cache / "data").glob("*/*.blob"):
+        raw = blob.read_bytes()
+        key = json.loads(raw[8:8 + int.from_bytes(raw[4:8], "big")])["key"]
+        if all(needle in key for needle in needles):
+            return blob
+    raise AssertionError(f"no blob for {needles}")
+
+
+# --------------------------------------------------------------------------------------------------- the requests
+
+
+def crash_urls() -> list[tuple[str, str, object]]:
+    """(path, kind, expected): raw of every big file and photo, thumbnails of each photo at several widths."""
+    urls = [(f"/p/100/sp/10000/raw/entry_id/{entry}", "raw", entry) for entry in [*RAW_SIZES, *PHOTOS]]
+    urls += [(f"/p/100/thumbnail/entry_id/{entry}/width/{width}", "thumb", width)
+             for entry in PHOTOS for width in THUMB_WIDTHS]
+    random.Random(3).shuffle(urls)
+    return urls
+
+
+def check_answer(kind: str, expected, status: int, body: bytes, digests: dict[str, str], where: str) -> None:
+    assert status == 200, f"{where}: {status} {body[:200]!r}"
+    if kind == "raw":
+        assert hashlib.sha256(body).hexdigest() == digests[expected], \
+            f"{where}: {len(body)} bytes that are not the upstream file"
+    else:
+        with Image.open(io.BytesIO(body)) as picture:
+            picture.load()  # decodes every byte: a truncated JPEG raises here
+            assert picture.format == "JPEG"
+            assert picture.width == expected, where
+
+
+async def wait_for_moment(cache: Path, moment: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Poll the cache until the moment to strike: a write in progress, the first commit, the first result."""
+    data = cache / "data"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server died on its own"
+        parts = [p for p in part_files(cache) if _size(p) > 0]
+        if moment == "first-part" and parts:
+            return
+        if moment == "first-commit" and parts and any(data.glob("*/*.json")):
+            return
+        if moment == "first-result" and any(data.glob("*/*.blob")):
+            return
+        await asyncio.sleep(0.003)
+    raise AssertionError(f"the moment {moment!r} never came")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+# --------------------------------------------------------------------------------------------------- crash safety
+
+
+@pytest.mark.parametrize("moment", ["first-part", "first-commit", "first-result"])
+async def test_kill_9_while_writing_the_cache_never_serves_a_partial_file(tmp_path, nginx, big_media, moment):
+    digests = install(big_media, nginx.root)
+    config_file = write_config(tmp_path, nginx.url, "[processing]\nthreads = 2\n")
+    cache = tmp_path / "cache"
+    urls = crash_urls()
+    first = Server(config_file, tmp_path / "first.log")
+    second = None
+    try:
+        await first.wait_up()
+        async with unlimited_session() as session:
+            tasks = [asyncio.create_task(get(session, first.url + path)) for path, _, _ in urls]
+            await wait_for_moment(cache, moment, first.process)
+            first.kill()
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+        killed = first.pid
+
+        # on disk right after the kill: only whole entries; leftovers are the killed writer's tmp files
+        leftovers = part_files(cache)
+        assert all(path.name.startswith(f"{killed}-") for path in leftovers), leftovers
+        if moment in ("first-part", "first-commit"):
+            assert leftovers, "the kill came after every write had finished: no write was interrupted"
+        check_cache(cache)
+        # what was answered before the kill was whole (a cut transfer is an exception, never a short 200)
+        for (path, kind, expected), answer in zip(urls, answers):
+            if not isinstance(answer, BaseException):
+                check_answer(kind, expected, answer[0], answer[2], digests, f"before the kill: {path}")
+        interrupted = sum(isinstance(answer, BaseException) for answer in answers)
+        assert interrupted, "nothing was in flight when the server was killed"
+
+        second = Server(config_file, tmp_path / "second.log")
+        await second.wait_up()
+        assert not [path for path in leftovers if path.exists()], "tmp files of the killed writer survived a restart"
+        assert not [path for path in part_files(cache) if path.name.startswith(f"{killed}-")]
+        async with unlimited_session() as session:
+            answers = await asyncio.gather(*(get(session, second.url + path) for path, _, _ in urls))
+        for (path, kind, expected), (status, _, body) in zip(urls, answers):
+            check_answer(kind, expected, status, body, digests, f"after the restart: {path}")
+        second.process.send_signal(signal.SIGTERM)
+        assert await second.wait_exit(20) == 0, second.output()
+        counts = check_cache(cache)
+        assert counts["files"] == len(RAW_SIZES) + len(PHOTOS)
+        assert counts["blobs"] == len(PHOTOS) * len(THUMB_WIDTHS)
+        assert not part_files(cache)
+        assert "Traceback" not in second.output()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, nginx, big_media):
+    digests = install(big_media, nginx.root)
+    config_file = write_config(tmp_path, nginx.url, "[processing]\nthreads = 2\n")
+    cache = tmp_path / "cache"
+    paths = {entry: f"/p/100/raw/entry_id/{entry}" for entry in ("0_big1", "0_big2", "0_pic1", "0_pic2")}
+    thumb = "/p/100/thumbnail/entry_id/0_pic1/width/320"
+    first = Server(config_file, tmp_path / "first.log")
+    second = None
+    try:
+        await first.wait_up()
+        async with unlimited_session() as session:
+            for entry, path in paths.items():
+                status, _, body = await get(session, first.url + path)
+                check_answer("raw", entry, status, body, digests, path)
+            status, _, thumbnail = await get(session, first.url + thumb)
+            check_answer("thumb", 320, status, thumbnail, digests, thumb)
+        first.process.send_signal(signal.SIGTERM)
+        assert await first.wait_exit(20) == 0, first.output()
+        check_cache(cache)
+
+        truncated, record = find_file_entry(cache, "/100/0_big1/original.bin")
+        with open(truncated, "r+b") as file:  # a torn write: half the bytes
+            file.truncate(record["size"] // 2)
+        flipped, _ = find_file_entry(cache, "/100/0_big2/original.bin")
+        with open(flipped, "r+b") as file:  # a disk fault: same size, other bytes
+            file.seek(12345)
+            file.write(b"\x00" * 4096)
+        short, _ = find_file_entry(cache, "/100/0_pic1/original.jpg")
+        short.write_bytes(b"")  # an empty data file
+        blob = find_blob(cache, "0_pic1", "width=320")
+        blob.write_bytes(blob.read_bytes()[:-100])  # a cut result
+        before_restart = len(nginx.requests())
+
+        second = Server(config_file, tmp_path / "second.log")
+        await second.wait_up()
+        async with unlimited_session() as session:
+            for entry, path in paths.items():
+                status, _, body = await get(session, second.url + path)
+                check_answer("raw", entry, status, body, digests, f"after the damage: {path}")
+            status, _, again = await get(session, second.url + thumb)
+            assert status == 200 and again == thumbnail  # rendered again: the same picture
+        refetched = {path for method, path, status in nginx.requests()[before_restart:]
+                     if method == "GET" and status == 200}
+        assert {"/100/0_big1/original.bin", "/100/0_big2/original.bin", "/100/0_pic1/original.jpg"} <= refetched
+        assert "/100/0_pic2/original.jpg" not in refetched  # whole: only revalidated (304)
+        second.process.send_signal(signal.SIGTERM)
+        assert await second.wait_exit(20) == 0, second.output()
+        check_cache(cache)  # the damaged entries were replaced by whole ones
+        assert find_file_entry(cache, "/100/0_big1/original.bin")[0].stat().st_size == RAW_SIZES["0_big1"]
+        find_blob(cache, "0_pic1", "width=320")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+# --------------------------------------------------------------------------------------------------- overload
+
+
+def overload_config(tmp_path: Path, huge_photo: bytes, processing: str):
+    root = tmp_path / "media"
+    make_entry(root, 100, "0_huge", {"original.jpg": huge_photo})
+    return make_config(tmp_path, f'kind = "local"\nroot = "{root}"', f"[processing]\n{processing}\n")
+
+
+async def test_overload_answers_503_at_once_and_recovers(serve, tmp_path, huge_photo):
+    client = await serve(overload_config(tmp_path, huge_photo, "threads = 1\nqueue = 4\nqueue_timeout_seconds = 2"))
+    warm = await client.get("/p/100/thumbnail/entry_id/0_huge/width/40")  # probed once: later jobs are renders
+    assert warm.status == 200
+    # 360 distinct thumbnails, each 2000+ pixels wide: every one needs its own render of the 4000×3000 photo
+    paths = [f"/p/100/thumbnail/entry_id/0_huge/width/{2001 + index % 180}"
+             + (f"/version/{index // 180 + 1}" if index >= 180 else "") for index in range(360)]
+    start = time.monotonic()
+
+    async def one(session, path):
+        async with session.get(client.make_url(path)) as response:
+            body = await response.read()
+            return response.status, response.headers, body, time.monotonic() - start
+
+    async with unlimited_session() as session:
+        answers = await asyncio.gather(*(one(session, path) for path in paths))
+    total = time.monotonic() - start
+
+    statuses = [status for status, _, _, _ in answers]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    ok = [answer for answer in answers if answer[0] == 200]
+    busy = [answer for answer in answers if answer[0] == 503]
+    assert ok and len(busy) >= 300, (len(ok), len(busy))
+    for _, headers, body, _ in busy:
+        assert headers["X-Kaltura"] == "error-46"
+        assert headers["Retry-After"].isdigit() and int(headers["Retry-After"]) >= 1
+        assert headers["Cache-Control"] == "no-store"
+        assert b"server busy" in body
+    for path, (_, _, body, _) in zip(paths, answers):
+        if body[:2] == b"\xff\xd8":
+            with Image.open(io.BytesIO(body)) as picture:
+                picture.load()
+                assert picture.width == int(path.split("/width/")[1].split("/")[0])
+    first_busy = min(moment for _, _, _, moment in busy)
+    last_ok = max(moment for _, _, _, moment in ok)
+    at_the_door = [moment for _, _, body, moment in busy if b"jobs in progress" in body]
+    assert len(at_the_door) >= 300
+    # the first refusal long before the admitted renders are done; most refusals before the last render (a queue
+    # would have made them wait behind ~360 renders of ~0.5 s each); the whole burst over in bounded time
+    assert first_busy < 3.0 and first_busy < last_ok / 2, (first_busy, last_ok)
+    median_refusal = sorted(at_the_door)[len(at_the_door) // 2]
+    assert median_refusal < last_ok and median_refusal < 10, (median_refusal, last_ok)
+    assert total < 60
+    # and afterwards it answers normally, at once
+    again = time.monotonic()
+    response = await client.get("/p/100/thumbnail/entry_id/0_huge/width/300")
+    assert response.status == 200
+    with Image.open(io.BytesIO(await response.read())) as picture:
+        assert picture.width == 300
+    assert time.monotonic() - again < 5
+
+
+async def test_a_job_queued_past_the_queue_timeout_is_dropped_with_503(serve, tmp_path, huge_photo):
+    client = await serve(overload_config(tmp_path, huge_photo, "threads = 1\nqueue = 100\nqueue_timeout_seconds = 0.3"))
+    assert (await client.get("/p/100/thumbnail/entry_id/0_huge/width/40")).status == 200
+    paths = [f"/p/100/thumbnail/entry_id/0_huge/width/{2001 + index}" for index in range(16)]
+
+    async def one(session, path):
+        begun = time.monotonic()
+        async with session.get(client.make_url(path)) as response:
+            elapsed = time.monotonic() - begun  # until the answer started
+            return response.status, response.headers, await response.read(), elapsed
+
+    async with unlimited_session() as session:
+        answers = await asyncio.gather(*(one(session, path) for path in paths))
+    assert {status for status, _, _, _ in answers} <= {200, 503}
+    dropped = [answer for answer in answers if answer[0] == 503]
+    assert any(status == 200 for status, _, _, _ in answers)
+    assert len(dropped) >= len(paths) // 2, [status for status, _, _, _ in answers]
+    for _, headers, body, elapsed in dropped:
+        assert b"no worker was free within 0.3 s" in body, body
+        assert headers["X-Kaltura"] == "error-46" and headers["Retry-After"].isdigit()
+        assert 0.3 <= elapsed < 0.3 + 1.5, elapsed  # dropped when its time was up, not after the renders
+    response = await client.get("/p/100/thumbnail/entry_id/0_huge/width/64")
+    assert response.status == 200
+
+
+# --------------------------------------------------------------------------------------------------- shutdown
+
+
+class SlowUpstream:
+    """An HTTP origin (in its own thread) that trickles bodies: files[path] = (bytes, seconds, stall).
+
+    A stalled body stops half way until `release()`: an upstream that hangs.
+    """
+
+    def __init__(self, files: dict[str, tuple[bytes, float, bool]]) -> None:
+        self.files = files
+        self.released = threading.Event()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "the slow upstream did not start"
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        self.loop.run_until_complete(self._runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        found = self.files.get(request.match_info["path"])
+        if found is None:
+            return web.Response(status=404)
+        body, seconds, stall = found
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        steps = 40 if seconds else 1
+        step = -(-len(body) // steps)
+        for offset in range(0, len(body), step):
+            await response.write(body[offset:offset + step])
+            if stall and offset + step >= len(body) // 2:
+                while not self.released.is_set():
+                    await asyncio.sleep(0.05)
+                break  # released: the upstream gives up mid-body
+            if seconds:
+                await asyncio.sleep(seconds / steps)
+        else:
+            await response.write_eof()
+        return response
+
+    def stop(self) -> None:
+        self.released.set()
+
+        async def close() -> None:
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def manifest(original: str) -> tuple[bytes, float, bool]:
+    return json.dumps({"original": original}).encode(), 0.0, False
+
+
+@pytest.fixture
+def slow_upstream(huge_photo):
+    body = random.Random(11).randbytes(12 * MB)
+    upstream = SlowUpstream({
+        "100/0_slow/entry.json": manifest("original.bin"),
+        "100/0_slow/original.bin": (body, 3.0, False),
+        "100/0_stall/entry.json": manifest("original.bin"),
+        "100/0_stall/original.bin": (random.Random(12).randbytes(8 * MB), 1.0, True),
+        "100/0_huge/entry.json": manifest("original.jpg"),
+        "100/0_huge/original.jpg": (huge_photo, 0.0, False),
+    })
+    upstream.slow_digest = hashlib.sha256(body).hexdigest()
+    yield upstream
+    upstream.stop()
+
+
+async def wait_refused(port: int, timeout: float = 5) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(refused, port):
+            return time.monotonic()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"port {port} still accepts connections {timeout} s after SIGTERM")
+
+
+async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_upstream):
+    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+    cache = tmp_path / "cache"
+    server = Server(config_file, tmp_path / "server.log")
+    try:
+        await server.wait_up()
+        async with unlimited_session() as session:
+            raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
+            thumbs = [asyncio.create_task(get(session, server.url + f"/p/100/thumbnail/entry_id/0_huge/width/{w}"))
+                      for w in (2001, 3999)]
+            deadline = time.monotonic() + 10
+            while not part_files(cache) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert part_files(cache), "the slow original never started downloading"
+            await asyncio.sleep(0.5)  # the thumbnails' original is fetched (fast) and their renders are under way
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            closed = await wait_refused(server.port)
+            assert closed - signalled < 3
+            assert not raw.done(), "the door closed only after the request in flight was answered"
+            status, _, body = await raw
+            thumb_answers = await asyncio.gather(*thumbs)
+        assert status == 200 and hashlib.sha256(body).hexdigest() == slow_upstream.slow_digest, (status, len(body))
+        for (status, _, picture_bytes), width in zip(thumb_answers, (2001, 3999)):
+            assert status == 200, picture_bytes[:200]
+            with Image.open(io.BytesIO(picture_bytes)) as picture:
+                picture.load()
+                assert picture.width == width
+        assert await server.wait_exit(20) == 0, server.output()
+        assert time.monotonic() - signalled < 20
+        assert not part_files(cache), part_files(cache)
+        counts = check_cache(cache)
+        assert counts["files"] == 2 and counts["blobs"] == 2  # results written behind were flushed at exit
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+
+
+async def test_sigterm_with_a_hung_upstream_exits_in_bounded_time_and_removes_tmp_files(tmp_path, slow_upstream):
+    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+    cache = tmp_path / "cache"
+    server = Server(config_file, tmp_path / "server.log")
+    try:
+        await server.wait_up()
+        async with unlimited_session() as session:
+            hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
+            deadline = time.monotonic() + 10
+            while not [p for p in part_files(cache) if _size(p) >= 4 * MB] and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert part_files(cache), "the hung original never started downloading"
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            await wait_refused(server.port)
+            code = await server.wait_exit(30)
+            exited = time.monotonic() - signalled
+            answer = await asyncio.gather(hung, return_exceptions=True)
+        assert code == 0, server.output()
+        # aiohttp waits shutdown_timeout (10 s) for the handler, then as long again after "cancelling" it (which
+        # only fails its request body): about 21 s in all, then the last tasks are cancelled and clean up
+        assert exited < 30
+        if not isinstance(answer[0], BaseException):  # an error answer is fine, a short 200 never
+            assert answer[0][0] != 200, "a partial original was served"
+        assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
+        assert check_cache(cache)["files"] == 0  # nothing of the hung original counts as cached
+    finally:
+        server.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie holds no port
+    except (OSError, IndexError):
+        return False
+
+
+async def test_sigterm_to_the_supervisor_stops_every_worker_after_their_requests(tmp_path, slow_upstream):
+    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+    cache = tmp_path / "cache"
+    server = Server(config_file, tmp_path / "server.log", workers=2)
+    family: list[int] = []
+    try:
+        await server.wait_up()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            family = descendants(server.pid)
+            workers = [pid for pid in family if b"spawn_main" in _cmdline(pid)]  # not the resource tracker
+            if len(workers) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(workers) == 2, workers
+        async with unlimited_session() as session:
+            raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
+            deadline = time.monotonic() + 10
+            while not part_files(cache) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert part_files(cache), "the slow original never started downloading"
+            family = descendants(server.pid)
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            await wait_refused(server.port, timeout=10)
+            status, _, body = await raw
+        assert status == 200 and hashlib.sha256(body).hexdigest() == slow_upstream.slow_digest, (status, len(body))
+        assert await server.wait_exit(20) == 0, server.output()
+        assert time.monotonic() - signalled < 20
+        deadline = time.monotonic() + 5
+        while [pid for pid in family if alive(pid)] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not [pid for pid in family if alive(pid)], "processes outlived the supervisor"
+        assert refused(server.port), "something still holds the port"
+        assert not part_files(cache)
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+        for pid in family:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_sigterm_to_the_supervisor_with_a_hung_upstream_leaves_no_tmp_files(tmp_path, slow_upstream):
+    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+    cache = tmp_path / "cache"
+    server = Server(config_file, tmp_path / "server.log", workers=2)
+    try:
+        await server.wait_up()
+        async with unlimited_session() as session:
+            hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
+            deadline = time.monotonic() + 10
+            while not [p for p in part_files(cache) if _size(p) >= 4 * MB] and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert part_files(cache), "the hung original never started downloading"
+            server.process.send_signal(signal.SIGTERM)
+            code = await server.wait_exit(40)
+            await asyncio.gather(hung, return_exceptions=True)
+        assert code == 0, server.output()
+        assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
+    finally:
+        server.stop()
