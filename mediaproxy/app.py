@@ -20,6 +20,7 @@ from .access import AccessPolicy
 from .cache.disk import DiskCache
 from .cache.memory import MemoryCache
 from .config import Config
+from .console import add_console
 from .errors import MediaProxyError, MethodNotAllowed, ProcessingTimeout
 from .origins.base import Origin
 from .origins.http import HttpOrigin
@@ -114,6 +115,8 @@ def make_app(config: Config) -> web.Application:
     app.on_response_prepare.append(_finish_response)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _metrics)
+    if config.console.enabled:
+        add_console(app, config, runtime.sources)
     app.router.add_route("*", "/{path:.*}", _dispatch)
     return app
 

@@ -96,6 +96,12 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = False  # the test console at /
+    entries_file: Path | None = None  # http origins: a file of "partner/entry" lines to list
+
+
+@dataclass(frozen=True)
 class DefaultsConfig:
     partner_id: int = 100
 
@@ -119,6 +125,7 @@ class Config:
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     partners: Mapping[int, PartnerConfig] = field(default_factory=dict)
     source: Path | None = None  # the file this came from, for messages
@@ -307,6 +314,8 @@ def _check(config: Config) -> None:
     flavor = config.video.thumbnail_flavor
     if flavor and not ID_PATTERN.match(flavor):
         raise ConfigError(f"[video] thumbnail_flavor {flavor!r} is not a flavor id")
+    if config.console.entries_file is not None and not config.console.entries_file.is_file():
+        raise ConfigError(f"[console] entries_file {str(config.console.entries_file)!r} is not a file")
     placeholder = config.video.audio_placeholder
     if placeholder is not None and not placeholder.is_file():
         raise ConfigError(f"[video] audio_placeholder {str(placeholder)!r} is not a file")
