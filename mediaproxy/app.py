@@ -21,7 +21,7 @@ from .cache.disk import DiskCache
 from .cache.memory import MemoryCache
 from .config import Config
 from .console import add_console
-from .errors import MediaProxyError, MethodNotAllowed, ProcessingTimeout
+from .errors import BadRequest, MediaProxyError, MethodNotAllowed, NotFound, ProcessingTimeout, TooLarge
 from .origins.base import Origin
 from .origins.http import HttpOrigin
 from .origins.local import LocalOrigin
@@ -117,7 +117,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     if config.console.enabled:
         add_console(app, config, runtime.sources)
-    app.router.add_route("*", "/{path:.*}", _dispatch)
+    app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch)  # any path, even one with an encoded line feed
     return app
 
 
@@ -156,14 +156,20 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as http_error:
         if http_error.status < 400:
             raise
-        error = MediaProxyError(http_error.reason)
-        error.status = http_error.status
-        return error_response(error, max_age)
+        return error_response(_as_kaltura_error(http_error), max_age)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, urls.redact_ks(request.raw_path))
         return error_response(MediaProxyError("internal error (logged)"), 0)
+
+
+def _as_kaltura_error(http_error: web.HTTPException) -> MediaProxyError:
+    """aiohttp's own refusals (no route, a body too large...) in SPEC §6 form."""
+    kind = {404: NotFound, 405: MethodNotAllowed, 413: TooLarge}.get(http_error.status, BadRequest)
+    error = kind(http_error.reason or "bad request")
+    error.status = http_error.status
+    return error
 
 
 async def _finish_response(request: web.Request, response: web.StreamResponse) -> None:

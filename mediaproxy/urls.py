@@ -226,7 +226,7 @@ class _Params:
             return default
         if not _INTEGER.match(text):
             raise BadRequest(f"{key}: {text[:40]!r} is not an integer")
-        return min(max(int(text), low), high)
+        return min(max(_integer(text), low), high)
 
     def number(self, key: str) -> float | None:
         text = self.values.get(key)
@@ -244,6 +244,15 @@ class _Params:
         return text is not None and text.lower() not in _FALSY
 
 
+def _integer(text: str) -> int:
+    """int() of a checked [+-]digits string; past 18 digits only the sign matters (it is clamped anyway, and Python
+    refuses to convert more than 4300 digits)."""
+    digits = text.lstrip("+-")
+    if len(digits) > 18:
+        return -(10 ** 19) if text.startswith("-") else 10 ** 19
+    return int(text)
+
+
 def _identifier(name: str, value: str) -> str:
     if not ID_PATTERN.match(value):
         raise BadRequest(f"{name}: {value[:80]!r} is not a valid id (letters, digits, _; at most 64)")
@@ -259,14 +268,14 @@ def _dimension(params: _Params, key: str) -> tuple[int | None, bool]:
     digits = text.replace("!", "") if forced else text
     if not _INTEGER.match(digits):
         raise BadRequest(f"{key}: {text[:40]!r} is not an integer")
-    value = int(digits)
+    value = _integer(digits)
     return (None if value < 0 else min(value, MAX_DIMENSION)), forced
 
 
 def _mode(text: str | None) -> ResizeMode:
-    if text is None or not _INTEGER.match(text) or int(text) < 1:
+    if text is None or not _INTEGER.match(text) or _integer(text) < 1:
         return ResizeMode.FIT  # as Kaltura: 0, negative and non-numeric types are type 1
-    return ResizeMode(min(int(text), 5))
+    return ResizeMode(min(_integer(text), 5))
 
 
 def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:

@@ -12,10 +12,11 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from . import metrics
-from .errors import Overloaded
+from .errors import Overloaded, Unprocessable
 
 T = TypeVar("T")
 
@@ -29,12 +30,14 @@ class WorkPool:
         self.queue_timeout = queue_timeout  # a job still waiting for a worker after this long is dropped (0: never)
         self.pending = 0  # jobs admitted and not finished (queued or running)
         self.rejected = 0  # refused at the door or dropped from the queue
-        self._executor: Executor
-        if processes:  # forkserver: never fork a process that already runs threads
-            self._executor = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("forkserver"),
-                                                 initializer=_background_priority)
-        else:
-            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="mediaproxy-work")
+        self._processes = processes
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> Executor:
+        if self._processes:  # forkserver: never fork a process that already runs threads
+            return ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("forkserver"),
+                                       initializer=_background_priority)
+        return ThreadPoolExecutor(self.threads, thread_name_prefix="mediaproxy-work")
 
     async def run(self, function: Callable[..., T], *args) -> T:
         if self.pending >= self.capacity:
@@ -43,9 +46,13 @@ class WorkPool:
             raise Overloaded(f"server busy: {self.pending} jobs in progress, try again shortly", retry_after=1)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
+        try:
+            job = self._executor.submit(function, *args)
+        except BrokenProcessPool:  # a worker process died (a crash, the OOM killer): start afresh
+            self._executor = self._new_executor()
+            job = self._executor.submit(function, *args)
         self.pending += 1  # counted until the job really ends, even when the requester has gone away
         metrics.QUEUE.labels(self.name).inc()
-        job = self._executor.submit(function, *args)
         expiry = loop.call_later(self.queue_timeout, self._expire, job, waiter) if self.queue_timeout > 0 else None
         # one wake-up of the event loop per job: the result and the bookkeeping travel together
         job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._settle, job, waiter, expiry))
@@ -64,6 +71,8 @@ class WorkPool:
             return  # the requester went away, or the job was dropped from the queue
         if job.cancelled():
             waiter.cancel()
+        elif isinstance(job.exception(), BrokenProcessPool):
+            waiter.set_exception(Unprocessable("processing this file crashed its worker process"))
         elif job.exception() is not None:
             waiter.set_exception(job.exception())
         else:

@@ -64,7 +64,7 @@ def parse_manifest(body: bytes, ref: EntryRef) -> EntryManifest:
     """entry.json → EntryManifest; anything malformed is the origin's fault (502), never a path outside the entry."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamFailed(f"origin: entry.json of {ref.entry_id} is not valid JSON") from None
     if not isinstance(data, dict):
         raise UpstreamFailed(f"origin: entry.json of {ref.entry_id} is not a JSON object")
@@ -88,9 +88,13 @@ def parse_manifest(body: bytes, ref: EntryRef) -> EntryManifest:
         name=name if isinstance(name, str) and name.strip() else None,
         original=file_name(data["original"], "original") if data.get("original") is not None else None,
         flavors=MappingProxyType(name_map("flavors", lambda k: bool(ID_PATTERN.match(k)))),
-        versions=MappingProxyType({int(k): v for k, v in name_map("versions", str.isdigit).items()}),
+        versions=MappingProxyType({int(k): v for k, v in name_map("versions", _version_key).items()}),
         thumb_offset=thumb_offset,
     )
+
+
+def _version_key(key: str) -> bool:
+    return key.isascii() and key.isdigit() and len(key) <= 9
 
 
 def candidate_names(manifest: EntryManifest, selector: FileSelector, extensions: Iterable[str],

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from stat import S_ISREG
 
-from ..errors import EntryNotFound, TooLarge
+from ..errors import EntryNotFound, TooLarge, UpstreamFailed
 from ..refs import EntryRef, FileSelector
 from .base import MANIFEST_NAME, EntryManifest, Original, candidate_names, not_found, parse_manifest
 
@@ -26,17 +27,22 @@ class LocalOrigin:
             listing = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
             raise EntryNotFound(f"no entry {ref.entry_id} for partner {ref.partner_id}") from None
+        except OSError as error:  # a link loop, no permission...
+            raise UpstreamFailed(f"origin: the folder of {ref.entry_id} cannot be read ({error.strerror})") from None
         manifest = EntryManifest()
         if MANIFEST_NAME in listing:
-            manifest = parse_manifest((folder / MANIFEST_NAME).read_bytes(), ref)
+            manifest = parse_manifest(_read_manifest(folder / MANIFEST_NAME, ref), ref)
         present = set(listing)
         for name in candidate_names(manifest, selector, self.extensions, listing):
             if name not in present:
                 continue
-            path = (folder / name).resolve()
-            if not path.is_relative_to(self.root) or not path.is_file():
-                continue  # a link out of the origin root is never followed
-            stat = path.stat()
+            try:
+                path = (folder / name).resolve()
+                if not path.is_relative_to(self.root) or not path.is_file():
+                    continue  # a link out of the origin root is never followed; FIFOs and folders are no files
+                stat = path.stat()
+            except (OSError, RuntimeError):  # a link loop, a file that just went away
+                continue
             if stat.st_size > self.max_bytes:
                 raise TooLarge(f"the original of {ref.entry_id} is {stat.st_size} bytes (limit {self.max_bytes})")
             return Original(ref=ref, file_name=name, path=path, size=stat.st_size, mtime=stat.st_mtime,
@@ -48,3 +54,14 @@ class LocalOrigin:
 
     async def close(self) -> None:
         pass
+
+
+def _read_manifest(path: Path, ref: EntryRef) -> bytes:
+    """entry.json, if it is a regular file of sane size (a FIFO would block a thread forever)."""
+    try:
+        stat = path.stat()
+        if not S_ISREG(stat.st_mode) or stat.st_size > 1_000_000:
+            raise UpstreamFailed(f"origin: entry.json of {ref.entry_id} is not a regular file of at most 1 MB")
+        return path.read_bytes()
+    except OSError as error:
+        raise UpstreamFailed(f"origin: entry.json of {ref.entry_id} cannot be read ({error.strerror})") from None
