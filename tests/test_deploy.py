@@ -46,6 +46,16 @@ def _get(url: str, headers: dict[str, str] | None = None):
         return response.status, dict(response.headers), response.read()
 
 
+def _settled_counts(nodes, expected: int, timeout: float = 5) -> list[int]:
+    """Requests each node logged, once they add up (a node logs a request just after answering it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = [len(_served(log)) for _, _, log in nodes]
+        if sum(counts) >= expected or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
 def _served(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "mediaproxy.access" in line and " GET /p/" in line]
 
@@ -87,12 +97,13 @@ def test_requests_are_spread_cached_and_survive_a_node(cluster):
     for width in range(100, 130):
         status, headers, body = _get(f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/{width}")
         assert status == 200 and body[:2] == b"\xff\xd8"
-    spread = [len(_served(log)) for _, _, log in nodes]
+    spread = _settled_counts(nodes, 30)
     assert sum(spread) == 30 and all(count > 0 for count in spread), spread
 
     # a repeated URL comes from nginx's cache: the nodes do not see it again
     _, first, _ = _get(f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/100")
     assert first["X-Cache-Status"] == "HIT"
+    time.sleep(0.3)  # a node would log the request just after answering it
     assert sum(len(_served(log)) for _, _, log in nodes) == 30
 
     # ranges of raw originals are cut from cached slices
