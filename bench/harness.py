@@ -52,7 +52,8 @@ def tool(name: str) -> str:
 class Mediaproxy:
     """`mediaproxy serve` as a user runs it, on a config written for the benchmark."""
 
-    def __init__(self, workdir: Path, origin_root: Path, extra: str = "", workers: int = CORES) -> None:
+    def __init__(self, workdir: Path, origin_root: Path, extra: str = "", workers: int = CORES,
+                 environment: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,8 @@ class Mediaproxy:
                           f'[cache]\ndir = "{workdir / "cache"}"\n{extra}\n')
         self.log = open(workdir / "mediaproxy.log", "w")
         self.process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
+                                        env={**os.environ, **(environment or {})})
 
     def __enter__(self) -> Mediaproxy:
         return self
@@ -230,7 +232,8 @@ def thumbor_executable() -> Path:
     executable = THUMBOR_VENV / "bin" / "thumbor"
     if not executable.exists():
         subprocess.run([sys.executable, "-m", "venv", str(THUMBOR_VENV)], check=True)
-        subprocess.run([str(THUMBOR_VENV / "bin" / "pip"), "install", "-q", "thumbor"], check=True)
+        subprocess.run([str(THUMBOR_VENV / "bin" / "pip"), "install", "-q", "thumbor"], check=True,
+                       stderr=subprocess.DEVNULL)
     return executable
 
 
@@ -261,7 +264,7 @@ class Thumbor:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-        subprocess.run(["pkill", "-f", f"-p {self.port}"], check=False)  # thumbor's forked processes
+        subprocess.run(["pkill", "-f", f"thumbor -p {self.port} "], check=False)  # thumbor's forked processes
 
 
 def peak_rss_mb(pids: list[int]) -> dict[int, float]:

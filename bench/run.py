@@ -139,7 +139,8 @@ def memory(workdir: Path, seconds: float) -> list[Row]:
     folder.mkdir(parents=True)
     (folder / "original.jpg").write_bytes(photo_like_jpeg(4000, 3000, quality=90))
     cache_mb = 256
-    with Mediaproxy(workdir / "mediaproxy", origin, extra=f"[cache]\nmemory_bytes = {cache_mb}_000_000") as server:
+    with Mediaproxy(workdir / "mediaproxy", origin,
+                    environment={"MEDIAPROXY_CACHE_MEMORY_BYTES": str(cache_mb * 1_000_000)}) as server:
         wait_for(f"{server.url}/healthz")
         workers = children(server.process.pid) or [server.process.pid]
         idle = max(peak_rss_mb(workers).values())
@@ -238,7 +239,13 @@ def main() -> int:
     started = time.monotonic()
     for name in args.only or SCENARIOS:
         with tempfile.TemporaryDirectory(prefix=f"mediaproxy-bench-{name}-") as workdir:
-            rows += SCENARIOS[name](Path(workdir), args.seconds)
+            try:
+                found = SCENARIOS[name](Path(workdir), args.seconds)
+            except (Exception, SystemExit) as error:  # one broken scenario must not lose the others' figures
+                found = [(f"{name}: failed ({type(error).__name__}: {error})", "", "", "", "")]
+        for row in found:
+            print("| " + " | ".join(row) + " |", flush=True)
+        rows += found
     table = ["| scenario | mediaproxy | baseline | ratio | target |", "|---|---|---|---|---|"]
     table += ["| " + " | ".join(row) + " |" for row in rows]
     report = "\n".join(table) + f"\n\n{CORES} cores, {args.seconds:g} s per measurement, " \
