@@ -52,6 +52,8 @@ class Runtime:
         self.disk = DiskCache(config.cache.dir, config.cache.disk_bytes)
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
                                                size_of=_memory_size)
+        self.decoded: MemoryCache = MemoryCache(config.cache.decoded_bytes, config.cache.memory_item_bytes,
+                                                size_of=_picture_size)
         processing = config.processing
         self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds,
                              name="images")
@@ -65,7 +67,7 @@ class Runtime:
         self.results = ResultCache(self.memory, self.disk)
         self.services = {
             "raw": RawService(self.sources, config),
-            "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config),
+            "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
             "flvclipper": ClipService(self.sources, self.disk, self.clip_pool, config),
         }
 
@@ -90,6 +92,10 @@ class Runtime:
 
 def _memory_size(value) -> int:
     return len(value) if isinstance(value, (bytes, bytearray)) else value.size
+
+
+def _picture_size(decoded) -> int:
+    return decoded.image.width * decoded.image.height * len(decoded.image.getbands())
 
 
 def _make_origin(config: Config, disk: DiskCache) -> Origin:

@@ -61,7 +61,8 @@ class CacheConfig:
     dir: Path = Path(".cache")
     disk_bytes: int = 10_000_000_000
     memory_bytes: int = 256_000_000
-    memory_item_bytes: int = 8_000_000  # larger originals and results are never held in memory
+    memory_item_bytes: int = 8_000_000  # larger originals, results and decoded pictures are never held in memory
+    decoded_bytes: int = 128_000_000  # decoded pictures of hot originals (other sizes skip decoding); 0 = none
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def _check(config: Config) -> None:
     placeholder = config.video.audio_placeholder
     if placeholder is not None and not placeholder.is_file():
         raise ConfigError(f"[video] audio_placeholder {str(placeholder)!r} is not a file")
-    for name in ("disk_bytes", "memory_bytes", "memory_item_bytes"):
+    for name in ("disk_bytes", "memory_bytes", "memory_item_bytes", "decoded_bytes"):
         if getattr(config.cache, name) < 0:
             raise ConfigError(f"[cache] {name} must be 0 or more")
     for partner_id, partner in config.partners.items():

@@ -592,8 +592,8 @@ async def test_cached_thumbnail_is_shared_but_the_check_runs_every_time(aiohttp_
     original_run = pool.run
 
     async def counting_run(function, *args):
-        if function.__name__.startswith("render"):
-            renders.append(function.__name__)
+        if function.__name__ in ("render_image", "decode_and_render", "render_decoded"):
+            renders.append("render_image")
         return await original_run(function, *args)
 
     pool.run = counting_run

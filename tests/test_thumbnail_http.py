@@ -112,6 +112,9 @@ async def built(serve, tmp_path, origin):
     return await serve(origin_config(tmp_path, origin))
 
 
+IMAGE_RENDERS = {"render_image", "decode_and_render", "render_decoded"}
+
+
 def count_renders(app) -> list[str]:
     """Wrap the app's work pool: the returned list grows by one name per render job."""
     runtime = app[RUNTIME]
@@ -119,7 +122,9 @@ def count_renders(app) -> list[str]:
     run = runtime.pool.run
 
     async def counting(function, *args):
-        if function.__name__.startswith("render"):
+        if function.__name__ in IMAGE_RENDERS:
+            calls.append("render_image")  # from the bytes, or from a decoded picture kept in memory
+        elif function.__name__.startswith("render"):
             calls.append(function.__name__)
         return await run(function, *args)
 

@@ -34,8 +34,35 @@ class Decoded:
         return self.image.width / self.source_size[0], self.image.height / self.source_size[1]
 
 
+JPEG_FORMATS = ("JPEG", "MPO")
+
+
 def decode(data: bytes, make_plan: Callable[[tuple[int, int]], Plan], max_pixels: int) -> tuple[Decoded, Plan]:
     """Open `data`, plan from its oriented size (`make_plan`), decode only as many pixels as that plan needs."""
+    image = _open(data, max_pixels)
+    if image.format in JPEG_FORMATS:  # the EXIF block is read with the header: plan, then decode less
+        plan = make_plan(_oriented(image.size, _orientation(image)))
+        return _decode(image, reduction(image.size, plan)), plan
+    decoded = _decode(image, 1)  # other formats may keep EXIF after the pixels (PNG), or orient while loading (TIFF)
+    return decoded, make_plan(decoded.source_size)
+
+
+def decode_at(data: bytes, scale: int, max_pixels: int) -> Decoded:
+    """`data` decoded at 1/scale (JPEG's 1, 2, 4 or 8; other formats at full size), oriented: the same pixels
+    `decode` produces for a plan whose `reduction` is `scale`, so a copy kept from one serves the other."""
+    return _decode(_open(data, max_pixels), scale)
+
+
+def reduction(stored_size: tuple[int, int], plan: Plan) -> int:
+    """The JPEG scale denominator (8, 4, 2 or 1) that still gives `plan` every pixel it needs, as Image.draft
+    chooses it. `stored_size` is the size in the file (before orientation); the plan's scale is the same either way."""
+    factor = plan.scale * DRAFT_GAP
+    wanted = (max(1, round(stored_size[0] * factor)), max(1, round(stored_size[1] * factor)))
+    ratio = min(stored_size[0] // wanted[0], stored_size[1] // wanted[1])
+    return next((scale for scale in (8, 4, 2) if ratio >= scale), 1)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:  # Pillow's global guard, where something re-enabled it
@@ -44,25 +71,27 @@ def decode(data: bytes, make_plan: Callable[[tuple[int, int]], Plan], max_pixels
         raise Unprocessable(f"the original is not an image Pillow can read ({_reason(error)})") from None
     if image.width * image.height > max_pixels:
         raise TooLarge(f"the original is {image.width}x{image.height} pixels (limit {max_pixels})")
-    if image.format in ("JPEG", "MPO"):  # the EXIF block is read with the header: plan, then decode less
+    return image
+
+
+def _decode(image: Image.Image, scale: int) -> Decoded:
+    if image.format in JPEG_FORMATS:
         orientation = _orientation(image)
         source_size = _oriented(image.size, orientation)
-        plan = make_plan(source_size)
-        factor = plan.scale * DRAFT_GAP
-        wanted = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-        image.draft("RGB" if image.mode == "RGB" else None, wanted)
+        if scale > 1:
+            image.draft("RGB" if image.mode == "RGB" else None,
+                        (max(1, image.width // scale), max(1, image.height // scale)))
         _load(image)
-    else:  # other formats may keep EXIF after the pixels (PNG), or orient while loading (TIFF): load first
+    else:
         _load(image)
         orientation = _orientation(image)
         source_size = _oriented(image.size, orientation)
-        plan = make_plan(source_size)
     if orientation != 1:
         image = ImageOps.exif_transpose(image)  # also drops the orientation from the XMP it carries
     info = _metadata(image)
     if image.mode == "CMYK":
         image = _cmyk_to_rgb(image, info.pop("icc_profile", None))
-    return Decoded(image, source_size, info), plan
+    return Decoded(image, source_size, info)
 
 
 def _load(image: Image.Image) -> None:

@@ -27,6 +27,7 @@ class MediaInfo:
     height: int = 0
     duration: float = 0.0  # seconds; 0 for stills
     frames: int = 1  # frames of an image (animated GIF/WebP > 1)
+    orientation: int = 1  # JPEG EXIF orientation (read with the header; other formats orient while decoding)
 
 
 OTHER = MediaInfo(MediaKind.OTHER, "application/octet-stream", "")
@@ -55,10 +56,19 @@ def _probe_image(path: Path) -> MediaInfo | None:
             known = _IMAGE_FORMATS.get(image.format or "")
             if known is None:
                 return None
+            orientation = _jpeg_orientation(image) if image.format in ("JPEG", "MPO") else 1
             return MediaInfo(MediaKind.IMAGE, known[0], known[1], image.format, image.width, image.height,
-                             frames=getattr(image, "n_frames", 1))
+                             frames=getattr(image, "n_frames", 1), orientation=orientation)
     except Exception:  # noqa: BLE001 - Pillow raises many types for "not an image I read"
         return None
+
+
+def _jpeg_orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _probe_av(path: Path, hinted_extension: str) -> MediaInfo | None:

@@ -15,7 +15,7 @@ from PIL import Image
 from ..errors import BadRequest
 from ..urls import ThumbnailRequest
 from . import paint
-from .decode import decode
+from .decode import Decoded, decode, decode_at
 from .encode import CONTENT_TYPES, KEEPS_ALPHA, encode
 from .geometry import Plan, plan_thumbnail
 from .video import grab_frames
@@ -49,7 +49,31 @@ def render_image(request: ThumbnailRequest, data: bytes, settings: RenderSetting
     clock = _Clock()
     decoded, plan = decode(data, lambda size: plan_for(request, size, settings), settings.max_source_pixels)
     clock.lap("decode")
+    return _render_decoded(request, decoded, plan, settings, clock)
+
+
+def decode_and_render(request: ThumbnailRequest, data: bytes, scale: int,
+                      settings: RenderSettings) -> tuple[Decoded, Rendered]:
+    """The original decoded at 1/scale (see decode.reduction), and the thumbnail: the caller may keep the decoded
+    picture, so that other sizes of a hot original skip decoding (`render_decoded`) with byte-identical results."""
+    clock = _Clock()
+    decoded = decode_at(data, scale, settings.max_source_pixels)
+    clock.lap("decode")
+    return decoded, render_decoded(request, decoded, settings, clock)
+
+
+def render_decoded(request: ThumbnailRequest, decoded: Decoded, settings: RenderSettings,
+                   clock: _Clock | None = None) -> Rendered:
+    """A thumbnail from a picture decoded before (it is only read, so threads may share it)."""
+    return _render_decoded(request, decoded, plan_for(request, decoded.source_size, settings), settings,
+                           clock or _Clock())
+
+
+def _render_decoded(request: ThumbnailRequest, decoded: Decoded, plan: Plan, settings: RenderSettings,
+                    clock: _Clock) -> Rendered:
     picture = _paint(request, paint.resize(paint.normalise_mode(decoded.image), plan, decoded.shrink), plan)
+    if picture is decoded.image:
+        picture = picture.copy()  # encoding sets attributes on the image: never on one shared between threads
     clock.lap("resize")
     return _encode(request, picture, settings, decoded.info, clock)
 

@@ -18,8 +18,11 @@ from cachetools import LRUCache
 from ..cache.results import Result, ResultCache
 from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
-from ..media.probe import MediaKind
-from ..media.thumbnail import Rendered, RenderSettings, render_image, render_video
+from ..cache.memory import MemoryCache
+from ..media.decode import JPEG_FORMATS, reduction
+from ..media.probe import MediaInfo, MediaKind
+from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, plan_for, render_decoded, render_image,
+                               render_video)
 from ..media.video import frame_times
 from ..refs import FileSelector
 from ..responses import TIER, cache_control, not_modified, server_timing
@@ -33,8 +36,10 @@ _LOSSY = frozenset({OutputFormat.JPG, OutputFormat.WEBP, OutputFormat.AVIF})
 
 
 class ThumbnailService:
-    def __init__(self, sources: Sources, results: ResultCache, pool: WorkPool, config: Config) -> None:
+    def __init__(self, sources: Sources, results: ResultCache, pool: WorkPool, config: Config,
+                 decoded: MemoryCache) -> None:
         self.sources = sources
+        self.decoded = decoded  # decoded pictures of hot originals, by (identity, JPEG scale)
         self.results = results
         self.pool = pool
         self.config = config
@@ -91,14 +96,25 @@ class ThumbnailService:
         return await self.sources.get(request.entry, FileSelector(flavor_id=request.flavor_id,
                                                                   version=request.version))
 
+    async def _render_image(self, request: ThumbnailRequest, source: Source, settings: RenderSettings) -> Rendered:
+        """Other sizes of a hot original skip the decode: the decoded picture (at the JPEG scale this size needs)
+        is kept in memory, and rendering from it gives the same bytes as decoding again."""
+        key = ("decoded", source.original.identity, _jpeg_scale(request, source.media, settings))
+        decoded = self.decoded.get(key)
+        if decoded is not None:
+            return await self.pool.run(render_decoded, request, decoded, settings)
+        data = await self.sources.store.read(source.original)
+        decoded, rendered = await self.pool.run(decode_and_render, request, data, key[2], settings)
+        self.decoded.put(key, decoded)
+        return rendered
+
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
         media, times, settings = source.media, prepared.times, prepared.settings
         if media.kind is MediaKind.IMAGE:
             if media.width * media.height > settings.max_source_pixels:  # refused before decoding or queueing
                 raise TooLarge(f"the original is {media.width}x{media.height} pixels "
                                f"(limit {settings.max_source_pixels})")
-            data = await self.sources.store.read(source.original)
-            rendered = await self.pool.run(render_image, request, data, settings)
+            rendered = await self._render_image(request, source, settings)
         elif media.kind is MediaKind.VIDEO:
             info = await self.sources.video_info(source)
             rendered = await self.pool.run(render_video, request, source.original.path, times,
@@ -117,6 +133,15 @@ class _Prepared:
     headers: dict[str, str]
     times: list[float]  # video: the frames to grab
     settings: RenderSettings
+
+
+def _jpeg_scale(request: ThumbnailRequest, media: MediaInfo, settings: RenderSettings) -> int:
+    """The JPEG reduction this thumbnail decodes at (1 for other formats): the key of a kept decoded picture."""
+    if media.container not in JPEG_FORMATS:
+        return 1
+    stored = (media.width, media.height)
+    oriented = (media.height, media.width) if media.orientation in (5, 6, 7, 8) else stored
+    return reduction(stored, plan_for(request, oriented, settings))
 
 
 def _result(rendered: Rendered) -> Result:
