@@ -36,9 +36,10 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
     photos = _photo_origin(origin)
     rows: list[Row] = []
     workers = int(os.environ.get("BENCH_WORKERS", CORES))
-    offsets = iter(range(0, 10_000_000, 300_000))  # every cold request a new version, hence a new cache key
+    offsets = iter(range(0, 7_000_000, 250_000))  # every cold request a new version, hence a new cache key
     extra = os.environ.get("BENCH_EXTRA_CONFIG", "").replace("\\n", "\n")
-    with Mediaproxy(workdir / "mediaproxy", origin, workers=workers, extra=extra) as server:
+    no_reuse = {"MEDIAPROXY_CACHE_DECODED_BYTES": "0"}  # every request decodes, as the in-process baseline does
+    with Mediaproxy(workdir / "mediaproxy", origin, workers=workers, extra=extra, environment=no_reuse) as server:
         wait_for(f"{server.url}/p/100/thumbnail/entry_id/0_hd")
         for entry, (width, height, name) in photos.items():
             output = "/format/png" if name.endswith(".png") else ""
@@ -46,7 +47,7 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
             data = (origin / "100" / entry / name).read_bytes()
             request = parse(path + "1", 100)
             settings = RenderSettings(75)
-            wrk(server.url, path, seconds=1, connections=4 * CORES, unique=True, offset=5_000_000)  # warm-up
+            wrk(server.url, path, seconds=1, connections=4 * CORES, unique=True, offset=8_000_000)  # warm-up
             cold, limit = alternate(
                 lambda: wrk(server.url, path, seconds=seconds, connections=4 * CORES, unique=True,
                             offset=next(offsets)).requests_per_second,
@@ -54,6 +55,21 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
             kind = "PNG with alpha → PNG" if name.endswith(".png") else "JPEG →"
             rows.append((f"cold thumbnails/s, {width}×{height} {kind} 320×240", f"{cold:.1f}",
                          f"{limit:.1f} (in-process, {CORES} threads)", f"{cold / limit:.2f}×", "≥ 0.9×"))
+
+    with Mediaproxy(workdir / "mediaproxy-reuse", origin, workers=workers) as server:
+        wait_for(f"{server.url}/p/100/thumbnail/entry_id/0_hd")
+        path = "/p/100/sp/10000/thumbnail/entry_id/0_hd/width/320/height/240/version/"
+        data = (origin / "100" / "0_hd" / "original.jpg").read_bytes()
+        request = parse(path + "1", 100)
+        settings = RenderSettings(75)
+        wrk(server.url, path, seconds=1, connections=4 * CORES, unique=True, offset=8_000_000)
+        reused, limit = alternate(
+            lambda: wrk(server.url, path, seconds=seconds, connections=4 * CORES, unique=True,
+                        offset=next(offsets)).requests_per_second,
+            lambda: in_threads(lambda _: render_image(request, data, settings), threads=CORES, seconds=seconds),
+            rounds=3)
+        rows.append(("  … new sizes of a hot 1920×1080 original (its decoded picture kept)", f"{reused:.1f}",
+                     f"{limit:.1f} (in-process, decoding each time)", f"{reused / limit:.2f}×", ""))
 
         hot_path = "/p/100/sp/10000/thumbnail/entry_id/0_hd/width/320/height/240"
         static = workdir / "static"
@@ -102,8 +118,8 @@ def peers(workdir: Path, seconds: float) -> list[Row]:
     origin = workdir / "origin"
     photos = _photo_origin(origin)
     rows: list[Row] = []
-    offsets = iter(range(0, 10_000_000, 300_000))
-    with Mediaproxy(workdir / "mediaproxy", origin) as server, \
+    offsets = iter(range(0, 7_000_000, 250_000))
+    with Mediaproxy(workdir / "mediaproxy", origin, environment={"MEDIAPROXY_CACHE_DECODED_BYTES": "0"}) as server, \
             Thumbor(workdir / "thumbor-tuned", origin, tuned=True) as tuned, \
             Thumbor(workdir / "thumbor-default", origin, tuned=False) as default:
         for url in (f"{server.url}/healthz", f"{tuned.url}/healthcheck", f"{default.url}/healthcheck"):
@@ -164,7 +180,7 @@ def videos(workdir: Path, seconds: float) -> list[Row]:
     photo.mkdir(parents=True)
     (photo / "original.jpg").write_bytes(photo_like_jpeg(1920, 1080, quality=90))
     rows: list[Row] = []
-    offsets = iter(range(0, 10_000_000, 300_000))
+    offsets = iter(range(0, 7_000_000, 250_000))
     with Mediaproxy(workdir / "mediaproxy", origin) as server:
         wait_for(f"{server.url}/p/100/thumbnail/entry_id/0_hd")
         for entry, (width, height) in sources.items():
@@ -172,7 +188,7 @@ def videos(workdir: Path, seconds: float) -> list[Row]:
             path = f"/p/100/sp/10000/thumbnail/entry_id/{entry}/width/320/height/180/vid_sec/4.5/version/"
             request = parse(path + "1", 100)
             settings = RenderSettings(75)
-            wrk(server.url, path, seconds=1, connections=CORES, unique=True, offset=5_000_000)  # warm-up
+            wrk(server.url, path, seconds=1, connections=CORES, unique=True, offset=8_000_000)  # warm-up
             grabs, limit = alternate(
                 lambda: wrk(server.url, path, seconds=seconds, connections=2 * CORES, unique=True,
                             offset=next(offsets)).requests_per_second,
