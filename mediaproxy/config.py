@@ -129,7 +129,6 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     partners: Mapping[int, PartnerConfig] = field(default_factory=dict)
-    source: Path | None = None  # the file this came from, for messages
 
     @property
     def worker_count(self) -> int:
@@ -150,7 +149,7 @@ class Config:
 
 _PUBLIC_PARTNER = PartnerConfig()
 _SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items()
-                              if name not in ("partners", "source")}
+                              if name != "partners"}
 
 
 def load(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -171,7 +170,6 @@ def load(path: Path | str | None = None, environ: Mapping[str, str] | None = Non
         base_dir = path.resolve().parent
     _apply_environment(raw, environ)
     config = _build_config(raw, base_dir)
-    config = dataclasses.replace(config, source=path)
     _check(config)
     return config
 

@@ -54,7 +54,13 @@ def blob_files(root: Path) -> list[Path]:
 
 
 def bytes_on_disk(root: Path) -> int:
-    return sum(p.stat().st_size for p in data_files(root))
+    total = 0
+    for path in data_files(root):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # being evicted right now
+            pass
+    return total
 
 
 def blob_path(root: Path, key: str) -> Path:
@@ -104,7 +110,7 @@ async def chunks_of(*chunks: bytes):
         yield chunk
 
 
-async def until(predicate, timeout: float = 1.0) -> None:
+async def until(predicate, timeout: float = 5.0) -> None:
     """Give the event loop (and the executor that deletes evicted files) a moment."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -1099,14 +1105,12 @@ def test_memory_cache_item_limit():
     assert capped.get("x") is None and capped.current_bytes == 0
 
 
-def test_memory_cache_counts_hits_and_misses():
+def test_memory_cache_get_and_put():
     cache: MemoryCache[bytes] = MemoryCache(max_bytes=100, item_limit=100)
     assert cache.get("a") is None
     cache.put("a", b"value")
     assert cache.get("a") == b"value"
-    assert cache.get("a") == b"value"
     assert cache.get("b") is None
-    assert (cache.hits, cache.misses) == (2, 2)
 
 
 def test_memory_cache_discard_and_custom_size():

@@ -21,7 +21,7 @@ from fixtures.generate import alpha_png, animated_gif, photo_like_jpeg
 from mediaproxy.errors import TooLarge, Unprocessable
 from mediaproxy.media.decode import decode
 from mediaproxy.media.geometry import plan_thumbnail
-from mediaproxy.media.thumbnail import Rendered, RenderSettings, render_image, render_picture
+from mediaproxy.media.thumbnail import Rendered, RenderSettings, render_image, render_pictures
 from mediaproxy.urls import Region, ResizeMode, parse
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
@@ -774,7 +774,7 @@ def test_decompression_bomb_is_too_large_whatever_pillows_global_limit(monkeypat
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# render_picture: an already decoded picture (a video frame) through the same steps
+# render_pictures: an already decoded picture (a video frame) through the same steps
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("params, size, samples", [
@@ -786,7 +786,8 @@ def test_decompression_bomb_is_too_large_whatever_pillows_global_limit(monkeypat
                  [((5, 5), GREEN), ((34, 14), GREEN)], id="pre-crop"),
 ])
 def test_render_picture_follows_the_same_plan(params, size, samples):
-    rendered = render_picture(request(params), quadrants(400, 200), RenderSettings(75))
+    picture = quadrants(400, 200)
+    rendered = render_pictures(request(params), [picture], picture.size, RenderSettings(75))
     output = Image.open(io.BytesIO(rendered.body))
     assert output.size == size == (rendered.width, rendered.height)
     for xy, colour in samples:
@@ -795,5 +796,6 @@ def test_render_picture_follows_the_same_plan(params, size, samples):
 
 def test_render_picture_flattens_alpha_for_jpg():
     picture = Image.new("RGBA", (40, 40), (255, 0, 255, 0))
-    rendered = render_picture(request("width/20/format/jpg/bgcolor/00ff00"), picture, RenderSettings(75))
+    rendered = render_pictures(request("width/20/format/jpg/bgcolor/00ff00"), [picture], picture.size,
+                               RenderSettings(75))
     assert_colour(Image.open(io.BytesIO(rendered.body)), (10, 10), GREEN, JPEG_TOLERANCE)

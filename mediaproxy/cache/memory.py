@@ -17,16 +17,9 @@ class MemoryCache(Generic[V]):
         self._cache: LRUCache = LRUCache(maxsize=max(max_bytes, 1), getsizeof=size_of)
         self._size_of = size_of
         self.item_limit = min(item_limit, max_bytes)
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: Hashable) -> V | None:
-        value = self._cache.get(key)
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return value
+        return self._cache.get(key)
 
     def put(self, key: Hashable, value: V) -> None:
         if self._size_of(value) <= self.item_limit:

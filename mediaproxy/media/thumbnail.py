@@ -78,11 +78,6 @@ def _render_decoded(request: ThumbnailRequest, decoded: Decoded, plan: Plan, set
     return _encode(request, picture, settings, decoded.info, clock)
 
 
-def render_picture(request: ThumbnailRequest, picture: Image.Image, settings: RenderSettings) -> Rendered:
-    """One picture already decoded and upright, at full size."""
-    return render_pictures(request, [picture], picture.size, settings)
-
-
 def render_video(request: ThumbnailRequest, path: Path, times: list[float], display_size: tuple[int, int],
                  settings: RenderSettings) -> Rendered:
     """Frames at `times` (one, or a strip), grabbed already shrunk to the detail the plan needs."""
