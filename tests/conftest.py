@@ -154,3 +154,15 @@ async def send_raw(client, target: str, method: str = "GET", headers: dict[str, 
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), parsed, body
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Let the event loop run until predicate() holds (thread callbacks and evictions finish in the background)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)

@@ -24,6 +24,8 @@ from mediaproxy.cache.disk import CachedFile, DiskCache, SizeMismatch, TooBig
 from mediaproxy.cache.memory import MemoryCache
 from mediaproxy.cache.singleflight import SingleFlight
 
+from .conftest import until
+
 HOUR = 3600.0
 MAGIC = b"MPB1"
 NO_SUCH_PID = 4_194_304  # PID_MAX_LIMIT: Linux never hands out this pid
@@ -108,16 +110,6 @@ async def chunks_of(*chunks: bytes):
     for chunk in chunks:
         await asyncio.sleep(0)
         yield chunk
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Give the event loop (and the executor that deletes evicted files) a moment."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 async def started(root: Path, max_bytes: int = 1 << 20) -> DiskCache:

@@ -10,6 +10,8 @@ import pytest
 from mediaproxy.errors import MediaProxyError, Overloaded
 from mediaproxy.workpool import WorkPool
 
+from .conftest import until
+
 RELEASE_TIMEOUT = 2.0  # a blocked worker gives up after this, so a failing test cannot hang the run
 
 
@@ -25,16 +27,6 @@ def make_pool():
     yield make
     for pool in pools:
         pool.close()
-
-
-async def until(predicate, timeout: float = 1.0) -> None:
-    """Let the event loop run until predicate() holds (thread callbacks arrive via call_soon_threadsafe)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 class Gate:

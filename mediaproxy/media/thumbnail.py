@@ -79,14 +79,14 @@ def _render_decoded(request: ThumbnailRequest, decoded: Decoded, plan: Plan, set
 
 
 def render_video(request: ThumbnailRequest, path: Path, times: list[float], display_size: tuple[int, int],
-                 settings: RenderSettings) -> Rendered:
+                 settings: RenderSettings, keyframes: tuple[float, ...] | None = None) -> Rendered:
     """Frames at `times` (one, or a strip), grabbed already shrunk to the detail the plan needs."""
     clock = _Clock()
     plan = plan_for(request, display_size, settings)
     width, height = plan.output_size
     if len(times) > 1 and width * len(times) >= STRIP_LIMIT:
         raise BadRequest(f"vid_slices: a strip of {len(times)} frames {width} wide is too large (limit {STRIP_LIMIT})")
-    frames = grab_frames(path, times, min(1.0, plan.scale))
+    frames = grab_frames(path, times, min(1.0, plan.scale), keyframes)
     clock.lap("decode")
     return render_pictures(request, frames, display_size, settings, clock)
 

@@ -7,6 +7,7 @@ where a decoded image does. Clips copy packets (no re-encoding) from the keyfram
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ def probe_video(path: Path) -> VideoInfo:
             duration = float(stream.duration * time_base)
         start = float(stream.start_time * time_base) if stream.start_time else 0.0
         keyframes = _keyframe_times(stream, time_base)
-        first = _ForwardDecoder(container, stream, time_base, start).first_frame()
+        first = _ForwardDecoder(container, stream, time_base, start, keyframes).first_frame()
         if first is None:
             raise Unprocessable("the video has no decodable frames")
         width, height = _display_size(first, stream, 1.0)
@@ -58,12 +59,14 @@ def probe_video(path: Path) -> VideoInfo:
                          video_codec=stream.codec_context.name, audio_codec=audio)
 
 
-def grab_frames(path: Path, times: list[float], scale: float = 1.0) -> list[Image.Image]:
+def grab_frames(path: Path, times: list[float], scale: float = 1.0,
+                keyframes: tuple[float, ...] | None = None) -> list[Image.Image]:
     """The frames shown at `times` (seconds from the start), in the order asked, as upright RGB images.
 
     One pass over the file: targets are visited in time order, seeking forward only when the next target lies
     beyond the keyframe that follows the current position. `scale` (≤ 1) shrinks the frames in swscale.
-    A time past the end gives the last frame.
+    `keyframes`: what probe_video found (None: read the container's index again). A time past the end gives the
+    last frame.
     """
     order = sorted(range(len(times)), key=lambda index: times[index])
     found: dict[int, Image.Image] = {}
@@ -72,7 +75,9 @@ def grab_frames(path: Path, times: list[float], scale: float = 1.0) -> list[Imag
         stream.thread_type = "SLICE"  # frame threading would hold each frame back by a thread count of frames
         time_base = stream.time_base or Fraction(1, 1000)
         start = float(stream.start_time * time_base) if stream.start_time else 0.0
-        decoder = _ForwardDecoder(container, stream, time_base, start)
+        if keyframes is None:
+            keyframes = _keyframe_times(stream, time_base)
+        decoder = _ForwardDecoder(container, stream, time_base, start, keyframes)
         for index in order:
             found[index] = _to_image(decoder.frame_at(times[index]), stream, scale)
     return [found[index] for index in range(len(times))]
@@ -81,7 +86,7 @@ def grab_frames(path: Path, times: list[float], scale: float = 1.0) -> list[Imag
 class _ForwardDecoder:
     """Decodes forward through one open container, seeking only when that is cheaper than decoding on."""
 
-    def __init__(self, container, stream, time_base: Fraction, start: float) -> None:
+    def __init__(self, container, stream, time_base: Fraction, start: float, keyframes: tuple[float, ...]) -> None:
         self.container = container
         self.stream = stream
         self.time_base = time_base
@@ -89,7 +94,7 @@ class _ForwardDecoder:
         self.frames = None  # the decode iterator, once started
         self.current = None  # the last frame decoded (shown until the next one's time)
         self.pending = None  # a frame decoded past the previous target, not yet consumed
-        self.keyframes = list(_keyframe_times(stream, time_base))
+        self.keyframes = sorted(keyframes)
 
     def first_frame(self):
         self._seek(0.0)
@@ -121,8 +126,8 @@ class _ForwardDecoder:
         position = float(self.current.pts * self.time_base) - self.start
         if target < position:
             return True
-        following = next((key for key in self.keyframes if key > position), None)
-        return following is not None and target >= following
+        following = bisect.bisect_right(self.keyframes, position)
+        return following < len(self.keyframes) and target >= self.keyframes[following]
 
     def _seek(self, target: float) -> None:
         """Position the decoder at a keyframe at or before `target`; where the demuxer lands late (or nowhere,

@@ -118,7 +118,7 @@ class ThumbnailService:
         elif media.kind is MediaKind.VIDEO:
             info = await self.sources.video_info(source)
             rendered = await self.pool.run(render_video, request, source.original.path, times,
-                                           (info.width, info.height), settings)
+                                           (info.width, info.height), settings, info.keyframes)
         elif media.kind is MediaKind.AUDIO:
             rendered = await self.pool.run(render_image, request, self.placeholder, settings)
         else:
