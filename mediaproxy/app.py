@@ -25,13 +25,13 @@ from .errors import BadRequest, MediaProxyError, MethodNotAllowed, NotFound, Pro
 from .origins.base import Origin
 from .origins.http import HttpOrigin
 from .origins.local import LocalOrigin
-from .origins.store import OriginalStore
-from .responses import CORS_HEADERS, ENTRY, PREFLIGHT_HEADERS, SERVICE, STARTED, TIER, error_response
+from .responses import CORS_HEADERS, ENTRY, PREFLIGHT_HEADERS, PRIVATE, SERVICE, STARTED, TIER, error_response
 from .cache.results import ResultCache
 from .services.flvclipper import ClipService
 from .services.raw import RawService
 from .services.thumbnail import ThumbnailService
 from .services.sources import Sources
+from .store import Store
 from .workpool import WorkPool
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ class Runtime:
         self.started = time.time()
         self._health_checked = -1e9
         self._origin_ok = False
-        self.disk = DiskCache(config.cache.dir, config.cache.disk_bytes)
+        cache = config.cache
+        self.disk = DiskCache(cache.dir, {"originals": cache.originals_bytes, "results": cache.results_bytes,
+                                          "indexes": cache.index_bytes})
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
                                                size_of=_memory_size)
         self.decoded: MemoryCache = MemoryCache(config.cache.decoded_bytes, config.cache.memory_item_bytes,
@@ -59,9 +61,10 @@ class Runtime:
                              name="images")
         self.clip_pool = WorkPool(processing.clip_processes, processing.queue,
                                   queue_timeout=processing.queue_timeout_seconds, processes=True, name="clips")
-        self.origin = _make_origin(config, self.disk)
-        self.store = OriginalStore(self.origin, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
-                                   not_found_seconds=config.origin.not_found_seconds)
+        self.origin = _make_origin(config)
+        self.store = Store(self.origin, self.disk, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
+                           not_found_seconds=config.origin.not_found_seconds, block_bytes=config.origin.block_bytes,
+                           wait_seconds=config.origin.deadline_seconds)
         self.access = AccessPolicy(config)
         self.sources = Sources(self.store, self.pool)
         self.results = ResultCache(self.memory, self.disk)
@@ -73,6 +76,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.disk.start()
+        await self.store.start()
 
     async def origin_reachable(self) -> bool:
         """Checked at most every few seconds (health checks come often)."""
@@ -98,11 +102,13 @@ def _picture_size(decoded) -> int:
     return decoded.image.width * decoded.image.height * len(decoded.image.getbands())
 
 
-def _make_origin(config: Config, disk: DiskCache) -> Origin:
+def _make_origin(config: Config) -> Origin:
     settings = config.origin
     if settings.kind == "http":
-        return HttpOrigin(settings.url, settings.extensions, disk, timeout_seconds=settings.timeout_seconds,
-                          max_bytes=config.limits.max_original_bytes)
+        return HttpOrigin(settings.url, settings.extensions, timeout_seconds=settings.timeout_seconds,
+                          deadline_seconds=settings.deadline_seconds, connections=settings.connections,
+                          connections_per_entry=settings.connections_per_entry,
+                          max_bytes=config.limits.max_original_bytes, entries_file=config.console.entries_file)
     assert settings.root is not None  # config validation guarantees it
     return LocalOrigin(settings.root, settings.extensions, config.limits.max_original_bytes)
 
@@ -122,7 +128,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _metrics)
     if config.console.enabled:
-        add_console(app, config, runtime.sources)
+        add_console(app, config, runtime.origin, runtime.sources)
     app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch)  # any path, even one with an encoded line feed
     return app
 
@@ -140,15 +146,13 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     grant = runtime.access.check(parsed.service, parsed.entry.partner_id, parsed.entry.entry_id,
                                  parsed.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
                                  remote=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
+    request[PRIVATE] = grant.private
     limit = runtime.config.limits.request_seconds
     try:
         async with asyncio.timeout(limit if limit > 0 else None):
-            response = await runtime.services[parsed.service].handle(parsed, request)
+            return await runtime.services[parsed.service].handle(parsed, request)
     except TimeoutError:
         raise ProcessingTimeout(f"the answer took longer than {limit:g} s") from None
-    if grant.private:  # shown to one KS holder: no shared cache may keep it
-        response.headers["Cache-Control"] = response.headers["Cache-Control"].replace("public", "private")
-    return response
 
 
 @web.middleware
@@ -163,7 +167,7 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         if http_error.status < 400:
             raise
         return error_response(_as_kaltura_error(http_error), max_age)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (asyncio.CancelledError, ConnectionError):  # the client went away: nobody to answer
         raise
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, urls.redact_ks(request.raw_path))
@@ -183,6 +187,8 @@ async def _finish_response(request: web.Request, response: web.StreamResponse) -
     response.headers["Server"] = SERVER_HEADER
     for name, value in CORS_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.get(PRIVATE) and "Cache-Control" in response.headers:  # shown to one KS holder: no shared cache
+        response.headers["Cache-Control"] = response.headers["Cache-Control"].replace("public", "private")
     service = request.get(SERVICE, "other")
     metrics.REQUESTS.labels(service, str(response.status)).inc()
     if STARTED in request:
@@ -193,9 +199,11 @@ async def _health(request: web.Request) -> web.Response:
     """200 with what a load balancer or a person wants to know; 503 when the origin cannot be reached."""
     runtime = request.app[RUNTIME]
     reachable = await runtime.origin_reachable()
+    degraded = runtime.disk.degraded
     body = {"status": "ok" if reachable else "origin unreachable", "version": __version__,
             "uptime_seconds": round(time.time() - runtime.started, 1), "worker": os.getpid(),
             "origin": {"kind": runtime.config.origin.kind, "reachable": reachable},
+            "cache": {"status": "degraded", "reason": degraded} if degraded else {"status": "ok"},
             "work_jobs": runtime.pool.pending}
     return web.json_response(body, status=200 if reachable else 503, headers={"Cache-Control": "no-store"})
 

@@ -52,14 +52,20 @@ class OriginConfig:
     url: str = ""  # for http: base URL; the only host mediaproxy ever fetches from
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # tried, in order, for original.{ext} / flavor_{id}.{ext}
     timeout_seconds: float = 10.0  # connect, and each wait for bytes, from the upstream
+    deadline_seconds: float = 30.0  # the longest one upstream request (a block, a HEAD, entry.json) may take
     revalidate_seconds: float = 60.0  # how long what was learnt about an original is trusted unchecked
     not_found_seconds: float = 10.0  # how long "no such entry/file" is remembered
+    block_bytes: int = 1_048_576  # http originals are read (and cached) in blocks of this size, by Range
+    connections: int = 64  # upstream connections per worker at most
+    connections_per_entry: int = 4  # of which one entry may hold at most this many (a slow one cannot starve)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     dir: Path = Path(".cache")
-    disk_bytes: int = 10_000_000_000
+    originals_bytes: int = 10_000_000_000  # blocks of http originals
+    results_bytes: int = 2_000_000_000  # rendered thumbnails, remuxed clips
+    index_bytes: int = 200_000_000  # built clip indexes
     memory_bytes: int = 256_000_000
     memory_item_bytes: int = 8_000_000  # larger originals, results and decoded pictures are never held in memory
     decoded_bytes: int = 128_000_000  # decoded pictures of hot originals (other sizes skip decoding); 0 = none
@@ -204,6 +210,9 @@ def _build_section(cls: type, table: dict, where: str, base_dir: Path):
     values = {}
     for key, value in table.items():
         if key not in hints:
+            if (where, key) == ("cache", "disk_bytes"):
+                raise ConfigError("[cache] disk_bytes is now split: originals_bytes (blocks of http originals), "
+                                  "results_bytes (thumbnails, clips) and index_bytes (clip indexes)")
             known = ", ".join(hints)
             raise ConfigError(f"[{where}] unknown key {key!r} (known: {known})")
         values[key] = _coerce(hints[key], value, f"[{where}] {key}", base_dir)
@@ -318,7 +327,12 @@ def _check(config: Config) -> None:
     placeholder = config.video.audio_placeholder
     if placeholder is not None and not placeholder.is_file():
         raise ConfigError(f"[video] audio_placeholder {str(placeholder)!r} is not a file")
-    for name in ("disk_bytes", "memory_bytes", "memory_item_bytes", "decoded_bytes"):
+    if origin.block_bytes < 4096:
+        raise ConfigError("[origin] block_bytes must be at least 4096")
+    if origin.deadline_seconds <= 0 or origin.connections < 1 or origin.connections_per_entry < 1:
+        raise ConfigError("[origin] deadline_seconds, connections and connections_per_entry must be above 0")
+    for name in ("originals_bytes", "results_bytes", "index_bytes", "memory_bytes", "memory_item_bytes",
+                 "decoded_bytes"):
         if getattr(config.cache, name) < 0:
             raise ConfigError(f"[cache] {name} must be 0 or more")
     for partner_id, partner in config.partners.items():

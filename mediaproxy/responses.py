@@ -16,6 +16,7 @@ SERVICE = web.RequestKey("service", str)
 ENTRY = web.RequestKey("entry", EntryRef)
 TIER = web.RequestKey("tier", str)  # where the answer came from: memory, disk, render, file
 STARTED = web.RequestKey("started", float)
+PRIVATE = web.RequestKey("private", bool)  # answered for one KS holder: Cache-Control private
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",

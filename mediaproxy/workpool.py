@@ -55,7 +55,7 @@ class WorkPool:
         metrics.QUEUE.labels(self.name).inc()
         expiry = loop.call_later(self.queue_timeout, self._expire, job, waiter) if self.queue_timeout > 0 else None
         # one wake-up of the event loop per job: the result and the bookkeeping travel together
-        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._settle, job, waiter, expiry))
+        job.add_done_callback(lambda _: _call_soon(loop, self._settle, job, waiter, expiry))
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -88,6 +88,13 @@ class WorkPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # a job that outlived its event loop (the server stopped): nobody waits for it
+        pass
 
 
 def _background_priority() -> None:

@@ -156,6 +156,24 @@ async def send_raw(client, target: str, method: str = "GET", headers: dict[str, 
     return int(status_line.split()[1]), parsed, body
 
 
+def cache_entries(cache_dir: Path) -> list[dict]:
+    """The trailer headers (ns, key, size, digest, meta; plus "path") of every entry file in a disk cache, read
+    from the documented format: body, JSON header, its 4-byte big-endian length, b"MPB2"."""
+    import json
+
+    entries = []
+    for path in sorted((cache_dir / "data").glob("*/*")):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:  # evicted meanwhile
+            continue
+        if len(raw) < 8 or raw[-4:] != b"MPB2":
+            continue
+        length = int.from_bytes(raw[-8:-4], "big")
+        entries.append({**json.loads(raw[-8 - length:-8]), "path": path})
+    return entries
+
+
 async def until(predicate, timeout: float = 5.0) -> None:
     """Let the event loop run until predicate() holds (thread callbacks and evictions finish in the background)."""
     import asyncio

@@ -1,8 +1,10 @@
-"""The caches: DiskCache (atomic, byte-bounded, restart-surviving LRU of files and blobs), MemoryCache, SingleFlight.
+"""The caches: DiskCache (self-checking entry files in namespaces, one sqlite index and one budget per namespace for
+all the node's processes), MemoryCache, SingleFlight.
 
-DiskCache tests use real files under tmp_path; "a restart" or "another process" is a second DiskCache instance on
-the same directory. A file entry is a data file plus a JSON sidecar (`store_file`/`store_stream`, read by `open`);
-a blob is one self-describing `.blob` file (`store_blobs`, read by `read_blob`).
+DiskCache tests use real files under tmp_path; "a restart" or "another worker" is a second DiskCache instance on
+the same directory (and a real second process where the kernel's per-process locks are the point). The entry
+format is read independently of the code, from its documented layout: body, JSON header, the header's length in
+4 big-endian bytes, b"MPB2".
 """
 
 from __future__ import annotations
@@ -12,122 +14,66 @@ import gc
 import hashlib
 import json
 import os
-import shutil
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from mediaproxy.cache import disk as disk_module
-from mediaproxy.cache.disk import CachedFile, DiskCache, SizeMismatch, TooBig
+from mediaproxy.cache.disk import DiskCache
 from mediaproxy.cache.memory import MemoryCache
 from mediaproxy.cache.singleflight import SingleFlight
 
-from .conftest import until
+from .conftest import cache_entries, until
 
-HOUR = 3600.0
-MAGIC = b"MPB1"
+MAGIC = b"MPB2"
 NO_SUCH_PID = 4_194_304  # PID_MAX_LIMIT: Linux never hands out this pid
+BIG = 300_000  # above the size under which a body's digest is checked on every read
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def blake(body: bytes) -> str:
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
+def budgets(originals: int = 1 << 30, results: int = 1 << 30, indexes: int = 1 << 30) -> dict[str, int]:
+    return {"originals": originals, "results": results, "indexes": indexes}
 
 
-def sidecar_of(entry: CachedFile) -> Path:
-    return entry.path.with_suffix(".json")
-
-
-def files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
-
-
-def data_files(root: Path) -> list[Path]:
-    """Everything that counts towards total_bytes: files' data and whole blobs (not sidecars)."""
-    return [p for p in files(root / "data") if p.suffix != ".json"]
-
-
-def blob_files(root: Path) -> list[Path]:
-    return [p for p in files(root / "data") if p.suffix == ".blob"]
-
-
-def bytes_on_disk(root: Path) -> int:
-    total = 0
-    for path in data_files(root):
-        try:
-            total += path.stat().st_size
-        except FileNotFoundError:  # being evicted right now
-            pass
-    return total
-
-
-def blob_path(root: Path, key: str) -> Path:
-    name = hashlib.sha256(key.encode()).hexdigest()
-    return root / "data" / name[:2] / f"{name}.blob"
-
-
-def on_disk(root: Path, key: str) -> bool:
-    """Whether any file of key's entry (data, sidecar or blob) exists."""
-    blob = blob_path(root, key)
-    data = blob.with_suffix("")
-    return any(p.exists() for p in (blob, data, data.with_suffix(".json")))
-
-
-def split_blob(raw: bytes) -> tuple[dict, bytes]:
-    assert raw[:4] == MAGIC
-    end = 8 + int.from_bytes(raw[4:8], "big")
-    return json.loads(raw[8:end]), raw[end:]
-
-
-def join_blob(header: dict | bytes, body: bytes) -> bytes:
-    if isinstance(header, dict):
-        header = json.dumps(header).encode()
-    return MAGIC + len(header).to_bytes(4, "big") + header + body
-
-
-def age(path: Path, seconds: float) -> None:
-    """Date a file `seconds` into the past."""
-    when = time.time() - seconds
-    os.utime(path, (when, when))
-
-
-def flip_keeping_mtime(path: Path, where: int | None = None) -> None:
-    """Change a byte in place (the middle one by default), same size, and put the old mtime back (a disk fault)."""
-    before = path.stat()
-    body = bytearray(path.read_bytes())
-    body[len(body) // 2 if where is None else where] ^= 0xFF
-    path.write_bytes(bytes(body))
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = path.stat()
-    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
-
-
-async def chunks_of(*chunks: bytes):
-    for chunk in chunks:
-        await asyncio.sleep(0)
-        yield chunk
-
-
-async def started(root: Path, max_bytes: int = 1 << 20) -> DiskCache:
-    cache = DiskCache(root, max_bytes)
+async def started(root: Path, **sizes) -> DiskCache:
+    cache = DiskCache(root, budgets(**sizes))
     await cache.start()
     return cache
 
 
-async def put(cache: DiskCache, key: str, body: bytes, meta: dict | None = None) -> CachedFile:
-    """A file entry (data + sidecar) holding body."""
-    return await cache.store_file(key, lambda path: path.write_bytes(body), meta)
+def entry_files(root: Path) -> list[Path]:
+    return sorted(path for path in (root / "data").glob("*/*") if path.is_file())
 
 
-async def blob_file_size(scratch: Path, key: str, body: bytes, meta: dict | None = None) -> int:
-    """The size on disk (what total_bytes counts) of key's blob, measured in a scratch cache."""
-    cache = await started(scratch)
-    await cache.store_blobs([(key, body, meta or {})])
-    return blob_path(scratch, key).stat().st_size
+def index_rows(root: Path) -> dict[str, tuple[str, int]]:
+    with sqlite3.connect(root / "index.sqlite") as db:
+        return {name: (namespace, size) for name, namespace, size in
+                db.execute("SELECT name, namespace, size FROM entries")}
+
+
+def split_entry(raw: bytes) -> tuple[dict, bytes]:
+    length = int.from_bytes(raw[-8:-4], "big")
+    header = json.loads(raw[-8 - length:-8])
+    return header, raw[:header["size"]]
+
+
+def file_of(root: Path, key: str) -> Path:
+    [entry] = [entry for entry in cache_entries(root) if entry["key"] == key]
+    return entry["path"]
+
+
+def body(size: int, seed: int = 0) -> bytes:
+    return hashlib.shake_256(str(seed).encode()).digest(size)
+
+
+async def flushed(cache: DiskCache) -> None:
+    """Recency reaches the index in batches: write this process's batch now."""
+    await cache._run(cache._write_recency)
 
 
 @pytest.fixture
@@ -135,923 +81,385 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-# ---------------------------------------------------------------------------------------------------- DiskCache: files
+# ---------------------------------------------------------------------------------------------------- entries
 
 
-async def test_store_file_round_trips_through_open(root):
+async def test_an_entry_round_trips_with_its_meta(root):
     cache = await started(root)
-    body = b"hello, cache" * 100
-    meta = {"type": "image/jpeg", "n": 3, "nested": {"a": [1, 2]}}
-    stored = await put(cache, "orig|1", body, meta)
-
-    assert stored.size == len(body)
-    assert stored.digest == blake(body)
-    assert stored.meta == meta
-    assert stored.path.read_bytes() == body
-    assert stored.path.is_relative_to(root / "data")
-    assert stored.mtime_ns == stored.path.stat().st_mtime_ns
-
-    opened = await cache.open("orig|1")
-    assert opened == CachedFile(stored.path, len(body), stored.mtime_ns, blake(body), meta)
-    assert cache.total_bytes == len(body)
-    assert files(root / "tmp") == []  # the temporary files were renamed into place
-    sidecar = json.loads(sidecar_of(stored).read_text())
-    assert sidecar == {"key": "orig|1", "size": len(body), "digest": blake(body), "meta": meta}
-    assert blob_files(root) == []
+    assert await cache.write("results", [("k1", b"picture", {"content_type": "image/jpeg"})])
+    found = await cache.read("results", "k1")
+    assert found.body == b"picture" and found.meta == {"content_type": "image/jpeg"}
+    assert await cache.read("results", "other") is None
+    assert await cache.read("originals", "k1") is None  # namespaces are apart
+    await cache.close()
 
 
-async def test_missing_key_is_none_and_meta_defaults_to_empty(root):
+async def test_an_entry_file_is_body_then_trailer(root):
     cache = await started(root)
-    assert await cache.open("nope") is None
-    assert await cache.read_blob("nope") is None
-    assert not cache.known("nope")
-    stored = await put(cache, "k", b"")
-    assert stored.meta == {} and stored.size == 0
-    opened = await cache.open("k")
-    assert (opened.size, opened.meta, opened.path.read_bytes()) == (0, {}, b"")
-    await cache.store_blobs([("empty", b"", {}), ("no meta", b"x", None)])
-    assert await cache.read_blob("empty") == (b"", {})
-    assert await cache.read_blob("no meta") == (b"x", {})
-
-
-async def test_a_file_entry_is_not_a_blob_and_a_blob_is_not_a_file(root):
-    cache = await started(root)
-    entry = await put(cache, "file", b"file bytes")
-    await cache.store_blobs([("blob", b"blob bytes", {})])
-    assert await cache.read_blob("file") is None
-    assert await cache.open("blob") is None
-    # neither lookup takes the other kind for damage: nothing is removed
-    assert entry.path.exists() and sidecar_of(entry).exists() and blob_path(root, "blob").exists()
-    assert (await cache.open("file")).path.read_bytes() == b"file bytes"
-    assert await cache.read_blob("blob") == (b"blob bytes", {})
-
-
-async def test_store_file_replaces_an_entry_and_adjusts_total(root):
-    cache = await started(root)
-    await put(cache, "k", b"a" * 100, {"v": 1})
-    await put(cache, "k", b"b" * 40, {"v": 2})
-    opened = await cache.open("k")
-    assert (opened.digest, opened.meta, opened.path.read_bytes()) == (blake(b"b" * 40), {"v": 2}, b"b" * 40)
-    assert cache.total_bytes == 40 == bytes_on_disk(root)
-
-
-async def test_store_stream_with_expected_size(root):
-    cache = await started(root)
-    parts = [b"abc" * 1000, b"", b"defg" * 500, b"z"]
-    body = b"".join(parts)
-    entry = await cache.store_stream("orig|1", chunks_of(*parts), {"etag": '"x"'}, expected_size=len(body),
-                                     max_bytes=len(body))
-    assert entry.size == len(body)
-    assert entry.digest == blake(body)
-    assert entry.path.read_bytes() == body
-    opened = await cache.open("orig|1")
-    assert (opened.digest, opened.meta) == (blake(body), {"etag": '"x"'})
-    assert files(root / "tmp") == []
-    assert cache.total_bytes == len(body)
-
-
-@pytest.mark.parametrize("parts, expected", [
-    pytest.param([b"x" * 10, b"y" * 10], 30, id="short"),
-    pytest.param([b"x" * 10, b"y" * 10], 15, id="long"),
-    pytest.param([], 5, id="empty"),
-])
-async def test_store_stream_size_mismatch_stores_nothing(root, parts, expected):
-    cache = await started(root)
-    with pytest.raises(SizeMismatch):
-        await cache.store_stream("orig|1", chunks_of(*parts), expected_size=expected)
-    assert await cache.open("orig|1") is None
-    assert not cache.known("orig|1")
-    assert files(root / "tmp") == []
-    assert files(root / "data") == []
-    assert cache.total_bytes == 0
-
-
-async def test_store_stream_too_big_stores_nothing(root):
-    cache = await started(root)
-    consumed = []
-
-    async def endless():
-        for n in range(1000):
-            consumed.append(n)
-            yield b"x" * 100
-
-    with pytest.raises(TooBig):
-        await cache.store_stream("orig|1", endless(), max_bytes=250)
-    assert len(consumed) == 3  # it stopped reading at the limit
-    assert await cache.open("orig|1") is None
-    assert files(root / "tmp") == []
-    assert files(root / "data") == []
-    assert cache.total_bytes == 0
-
-
-async def test_store_stream_exactly_max_bytes_is_accepted(root):
-    cache = await started(root)
-    entry = await cache.store_stream("k", chunks_of(b"x" * 50, b"y" * 50), max_bytes=100)
-    assert entry.size == 100
-
-
-async def test_failed_store_stream_keeps_the_previous_entry(root):
-    cache = await started(root)
-    await put(cache, "k", b"old body", {"v": 1})
-    with pytest.raises(SizeMismatch):
-        await cache.store_stream("k", chunks_of(b"new"), {"v": 2}, expected_size=99)
-    with pytest.raises(TooBig):
-        await cache.store_stream("k", chunks_of(b"new", b"body"), {"v": 3}, max_bytes=4)
-    opened = await cache.open("k")
-    assert (opened.path.read_bytes(), opened.meta) == (b"old body", {"v": 1})
-    assert cache.total_bytes == len(b"old body")
-    assert files(root / "tmp") == []
-
-
-async def test_store_stream_error_from_the_source_stores_nothing(root):
-    cache = await started(root)
-
-    async def broken():
-        yield b"part"
-        raise ConnectionResetError("upstream went away")
-
-    with pytest.raises(ConnectionResetError):
-        await cache.store_stream("k", broken())
-    assert await cache.open("k") is None
-    assert files(root / "tmp") == [] and files(root / "data") == []
-
-
-async def test_store_stream_mtime_sets_the_file_mtime(root):
-    cache = await started(root)
-    last_modified = 1_600_000_000.0  # 2020-09-13, an upstream Last-Modified
-    entry = await cache.store_stream("orig|1", chunks_of(b"body"), mtime=last_modified)
-    stat = entry.path.stat()
-    assert stat.st_mtime == last_modified
-    assert entry.mtime_ns == stat.st_mtime_ns == 1_600_000_000 * 10**9
-    assert (await cache.open("orig|1")).mtime_ns == entry.mtime_ns
-    # a fresh process (which verifies the digest) agrees
-    again = await started(root)
-    assert (await again.open("orig|1")).mtime_ns == entry.mtime_ns
-
-
-async def test_store_stream_after_tmp_was_removed(root):
-    cache = await started(root)
-    shutil.rmtree(root / "tmp")
-    entry = await cache.store_stream("k", chunks_of(b"streamed"))
-    assert entry.path.read_bytes() == b"streamed"
-
-
-async def test_store_file_with_a_writer(root):
-    cache = await started(root)
-    body = bytes(range(256)) * 40
-
-    def write(path: Path) -> None:
-        assert path.parent == root / "tmp"
-        with open(path, "wb") as out:
-            out.write(body[:1000])
-            out.write(body[1000:])
-
-    entry = await cache.store_file("remux|1", write, {"type": "video/mp4"})
-    assert entry.size == len(body)
-    assert entry.digest == blake(body)
-    assert entry.meta == {"type": "video/mp4"}
-    opened = await cache.open("remux|1")
-    assert (opened.path.read_bytes(), opened.meta) == (body, {"type": "video/mp4"})
-    assert files(root / "tmp") == []
-
-
-async def test_store_file_merges_the_dict_its_writer_returns_into_meta(root):
-    cache = await started(root)
-
-    def write(path: Path) -> dict:
-        path.write_bytes(b"remuxed")
-        return {"duration": 1.5, "type": "video/webm"}
-
-    entry = await cache.store_file("k", write, {"type": "video/mp4", "from": "remux"})
-    expected = {"type": "video/webm", "from": "remux", "duration": 1.5}  # the writer's values win
-    assert entry.meta == expected
-    assert (await (await started(root)).open("k")).meta == expected  # and it is what the sidecar holds
-
-
-async def test_store_file_uses_the_given_runner(root):
-    cache = await started(root)
-    used = []
-
-    async def run(function, *args):
-        used.append(function)
-        return await asyncio.to_thread(function, *args)
-
-    def write(path: Path) -> None:
-        path.write_bytes(b"remuxed")
-
-    entry = await cache.store_file("k", write, run=run)
-    assert used == [write]
-    assert entry.path.read_bytes() == b"remuxed"
-
-
-async def test_store_file_writer_failure_stores_nothing(root):
-    cache = await started(root)
-
-    def write(path: Path) -> None:
-        path.write_bytes(b"half a file")
-        raise RuntimeError("ffmpeg died")
-
-    with pytest.raises(RuntimeError, match="ffmpeg died"):
-        await cache.store_file("k", write)
-    assert await cache.open("k") is None
-    assert files(root / "tmp") == [] and files(root / "data") == []
-    assert cache.total_bytes == 0
-
-
-async def test_store_file_after_tmp_was_removed(root):
-    cache = await started(root)
-    shutil.rmtree(root / "tmp")
-    entry = await put(cache, "k", b"written")
-    assert entry.path.read_bytes() == b"written"
-
-
-# ---------------------------------------------------------------------------------------------------- DiskCache: blobs
-
-
-async def test_store_blobs_writes_a_batch_that_read_blob_returns(root):
-    cache = await started(root)
-    batch = [
-        ("result|a", b"jpeg bytes" * 100, {"content_type": "image/jpeg", "extra": {"w": 10, "h": [1, 2]}}),
-        ("result|b", os.urandom(3000), {"content_type": "image/webp"}),
-        ("result|c", b"", {}),
-        ("result|\u00e9\u6f22", b"unicode key", {"k": "\u00e9"}),
-    ]
-    assert await cache.store_blobs(batch) is None
-    for key, body, meta in batch:
-        assert cache.known(key)
-        assert await cache.read_blob(key) == (body, meta)
-        assert await cache.read_blob(key) == (body, meta)  # and again (reading changes nothing)
-    assert files(root / "tmp") == []
-    assert len(blob_files(root)) == len(batch)
-    assert [p for p in files(root / "data") if p.suffix != ".blob"] == []  # no sidecars, no data files
-    # blobs count with their whole file, header included
-    assert cache.total_bytes == bytes_on_disk(root) == sum(blob_path(root, key).stat().st_size for key, *_ in batch)
-    assert await cache.open("result|a") is None  # a blob is not a file entry
-
-
-async def test_a_blob_is_magic_header_length_json_header_and_body(root):
-    cache = await started(root)
-    body = bytes(range(256)) * 4
-    meta = {"content_type": "image/png", "extra": {"n": 1}}
-    await cache.store_blobs([("result|x", body, meta)])
-    raw = blob_path(root, "result|x").read_bytes()
-    assert raw[:4] == MAGIC
-    header_length = int.from_bytes(raw[4:8], "big")
-    assert json.loads(raw[8:8 + header_length]) == {"key": "result|x", "size": len(body), "digest": blake(body),
-                                                     "meta": meta}
-    assert raw[8 + header_length:] == body
-    assert cache.total_bytes == len(raw)
-
-
-async def test_store_blobs_of_an_empty_batch_does_nothing(root):
-    cache = await started(root)
-    await cache.store_blobs([])
-    assert files(root / "data") == [] and files(root / "tmp") == []
-    assert cache.total_bytes == 0
-
-
-async def test_store_blobs_replaces_a_blob_and_adjusts_total(root):
-    cache = await started(root)
-    await cache.store_blobs([("k", b"a" * 100, {"v": 1}), ("other", b"o", {})])
-    await cache.store_blobs([("k", b"b" * 40, {"v": 2})])
-    assert await cache.read_blob("k") == (b"b" * 40, {"v": 2})
-    assert len(blob_files(root)) == 2
-    assert cache.total_bytes == bytes_on_disk(root)
-
-
-async def test_a_key_twice_in_one_batch_keeps_the_last(root):
-    cache = await started(root)
-    await cache.store_blobs([("k", b"first" * 10, {"v": 1}), ("k", b"second", {"v": 2})])
-    assert await cache.read_blob("k") == (b"second", {"v": 2})
-    assert len(blob_files(root)) == 1
-    assert cache.total_bytes == bytes_on_disk(root)
-
-
-async def test_store_blobs_after_tmp_and_the_shard_were_removed(root):
-    cache = await started(root)
-    await cache.store_blobs([("k", b"one", {})])
-    shutil.rmtree(root / "tmp")
-    shutil.rmtree(blob_path(root, "k").parent)
-    await cache.store_blobs([("k", b"two", {})])
-    assert await cache.read_blob("k") == (b"two", {})
-
-
-async def test_known_follows_this_processs_index(root):
-    cache = await started(root)
-    assert not cache.known("b") and not cache.known("f")
-    await cache.store_blobs([("b", b"blob", {})])
-    await put(cache, "f", b"file")
-    assert cache.known("b") and cache.known("f")
-    await cache.discard("b")
-    assert not cache.known("b") and cache.known("f")
-
-    await cache.store_blobs([("b", b"again", {})])
-    restarted = await started(root)
-    assert restarted.known("b") and restarted.known("f")  # what start() found on disk
-    blob_path(root, "b").unlink()  # evicted by another process
-    assert restarted.known("b")  # not noticed until it is read
-    assert await restarted.read_blob("b") is None
-    assert not restarted.known("b")
-
-
-async def test_read_blob_checks_the_digest_on_every_read(root):
-    cache = await started(root)
-    await cache.store_blobs([("k", b"pixels" * 50, {}), ("other", b"o" * 10, {})])
-    assert await cache.read_blob("k") == (b"pixels" * 50, {})  # read once: fine
-    path = blob_path(root, "k")
-    flip_keeping_mtime(path, where=-1)  # the last byte of the body: size, mtime and header are unchanged
-    assert await cache.read_blob("k") is None  # the same process, the next read: caught
-    assert not path.exists()
-    assert not cache.known("k")
-    assert cache.total_bytes == blob_path(root, "other").stat().st_size == bytes_on_disk(root)
-
-
-def _rewrite(path: Path, change) -> None:
+    await cache.write("indexes", [("clip|1", b"\x00moov...", {"start_ms": 1000})])
+    [path] = entry_files(root)
     raw = path.read_bytes()
-    path.write_bytes(change(raw))
+    assert raw.startswith(b"\x00moov...") and raw.endswith(MAGIC)
+    header, found = split_entry(raw)
+    assert found == b"\x00moov..."
+    assert header == {"ns": "indexes", "key": "clip|1", "size": 8, "meta": {"start_ms": 1000},
+                      "digest": hashlib.blake2b(found, digest_size=16).hexdigest()}
+    assert path.name == hashlib.sha256(b"indexes|clip|1").hexdigest() and path.parent.name == path.name[:2]
+    await cache.close()
 
 
-def _header_length(raw: bytes) -> int:
-    return int.from_bytes(raw[4:8], "big")
-
-
-def _flip_bit(raw: bytes, where: int) -> bytes:
-    return raw[:where] + bytes([raw[where] ^ 1]) + raw[where + 1:]
-
-
-def _with_header(edit):
-    """A damage that edits the parsed header and writes the blob back with a consistent header length."""
-    def change(raw: bytes) -> bytes:
-        header, body = split_blob(raw)
-        edit(header)
-        return join_blob(header, body)
-    return change
-
-
-def _with_raw_header(header: bytes):
-    return lambda raw: join_blob(header, split_blob(raw)[1])
-
-
-BLOB_DAMAGE = [
-    pytest.param(lambda raw: b"JUNK" + raw[4:], id="bad-magic"),
-    pytest.param(lambda raw: b"mpb1" + raw[4:], id="magic-in-lower-case"),
-    pytest.param(lambda raw: b"", id="empty-file"),
-    pytest.param(lambda raw: raw[:3], id="truncated-in-the-magic"),
-    pytest.param(lambda raw: raw[:6], id="truncated-in-the-header-length"),
-    pytest.param(lambda raw: raw[:8 + _header_length(raw) // 2], id="truncated-in-the-header"),
-    pytest.param(lambda raw: raw[:8 + _header_length(raw)], id="truncated-after-the-header"),
-    pytest.param(lambda raw: raw[:-1], id="truncated-by-one-byte"),
-    pytest.param(lambda raw: raw[:len(raw) // 2 + 50], id="truncated-in-the-body"),
-    pytest.param(lambda raw: raw + b"\0", id="a-byte-too-many"),
-    pytest.param(lambda raw: raw[:4] + (1 << 30).to_bytes(4, "big") + raw[8:], id="header-length-past-the-end"),
-    pytest.param(lambda raw: raw[:4] + (_header_length(raw) - 1).to_bytes(4, "big") + raw[8:],
-                 id="header-length-one-short"),
-    pytest.param(lambda raw: raw[:4] + (_header_length(raw) + 1).to_bytes(4, "big") + raw[8:],
-                 id="header-length-one-long"),
-    pytest.param(lambda raw: raw[:4] + bytes(4) + raw[8:], id="header-length-zero"),
-    pytest.param(_with_raw_header(b""), id="empty-header"),
-    pytest.param(_with_raw_header(b"{not json"), id="header-not-json"),
-    pytest.param(_with_raw_header(b"\xff\xfe\x00garbage"), id="header-not-utf8"),
-    pytest.param(_with_raw_header(b"[1, 2, 3]"), id="header-not-an-object"),
-    pytest.param(_with_raw_header(b'"k"'), id="header-a-string"),
-    pytest.param(_with_raw_header(b"null"), id="header-null"),
-    pytest.param(_with_header(lambda h: h.update(key="other")), id="wrong-key"),
-    pytest.param(_with_header(lambda h: h.pop("key")), id="no-key"),
-    pytest.param(_with_header(lambda h: h.update(size=h["size"] + 1)), id="wrong-size"),
-    pytest.param(_with_header(lambda h: h.update(size=str(h["size"]))), id="size-wrong-type"),
-    pytest.param(_with_header(lambda h: h.pop("size")), id="no-size"),
-    pytest.param(_with_header(lambda h: h.update(digest=blake(b"something else"))), id="wrong-digest"),
-    pytest.param(_with_header(lambda h: h.pop("digest")), id="no-digest"),
-    pytest.param(lambda raw: raw[:-1] + bytes([raw[-1] ^ 0xFF]), id="flipped-body-byte"),
-    pytest.param(lambda raw: _flip_bit(raw, raw.index(b'"digest": "') + 11), id="flipped-bit-in-the-header"),
-]
-
-
-@pytest.mark.parametrize("damage", BLOB_DAMAGE)
-async def test_a_damaged_blob_is_a_miss_and_removed(root, damage):
+async def test_a_write_replaces_an_entry_and_the_index_counts_it_once(root):
     cache = await started(root)
-    body = bytes(range(200)) * 2
-    await cache.store_blobs([("k", body, {"content_type": "image/jpeg"}), ("other", b"o" * 10, {"n": 1})])
-    neighbour = await put(cache, "file", b"f" * 20)
-    path = blob_path(root, "k")
-    _rewrite(path, damage)
+    await cache.write("results", [("k", b"a" * 100, {})])
+    await cache.write("results", [("k", b"b" * 50, {})])
+    assert (await cache.read("results", "k")).body == b"b" * 50
+    [path] = entry_files(root)
+    assert await cache.total("results") == path.stat().st_size
+    assert list(index_rows(root).values()) == [("results", path.stat().st_size)]
+    await cache.close()
 
-    assert await cache.read_blob("k") is None
+
+async def test_open_file_gives_the_body_at_the_start_of_a_checked_file(root):
+    cache = await started(root)
+    data = body(BIG)
+    await cache.write("results", [("clip", data, {"start_ms": 0})])
+    found = await cache.open_file("results", "clip")
+    assert found.size == BIG and found.meta == {"start_ms": 0}
+    assert found.path.read_bytes()[:found.size] == data
+    assert await cache.open_file("results", "nothing") is None
+    await cache.close()
+
+
+async def test_write_file_lets_a_producer_write_the_body(root):
+    cache = await started(root)
+    seen = []
+
+    def produce(target: Path) -> dict:
+        target.write_bytes(b"remuxed")
+        return {"start_ms": 1500}
+
+    async def runner(function, *args):
+        seen.append(function)
+        return function(*args)
+
+    found = await cache.write_file("results", "clip", produce, run=runner, owner="100/0_v/original.mp4|x")
+    assert seen == [produce]
+    assert found.meta == {"start_ms": 1500} and found.path.read_bytes()[:found.size] == b"remuxed"
+    assert (await cache.read("results", "clip")).body == b"remuxed"
+    assert not list((root / "tmp").iterdir())
+    await cache.close()
+
+
+async def test_a_failing_producer_stores_nothing(root):
+    cache = await started(root)
+
+    def produce(target: Path) -> dict:
+        target.write_bytes(b"half")
+        raise RuntimeError("the remux failed")
+
+    with pytest.raises(RuntimeError):
+        await cache.write_file("results", "clip", produce)
+    assert await cache.read("results", "clip") is None
+    assert not entry_files(root) and not list((root / "tmp").iterdir()) and not index_rows(root)
+    await cache.close()
+
+
+def _damages():
+    def flip(raw: bytes) -> bytes:
+        return bytes([raw[0] ^ 1]) + raw[1:]
+
+    def truncate(raw: bytes) -> bytes:
+        return raw[:len(raw) // 2]
+
+    def no_magic(raw: bytes) -> bytes:
+        return raw[:-4] + b"XXXX"
+
+    def lying_length(raw: bytes) -> bytes:
+        return raw[:-8] + (2 ** 31).to_bytes(4, "big") + MAGIC
+
+    def garbage_header(raw: bytes) -> bytes:
+        header, found = split_entry(raw)
+        junk = b"{not json" + b" " * 10
+        return found + junk + len(junk).to_bytes(4, "big") + MAGIC
+
+    def other_key(raw: bytes) -> bytes:
+        header, found = split_entry(raw)
+        encoded = json.dumps({**header, "key": "stolen"}).encode()
+        return found + encoded + len(encoded).to_bytes(4, "big") + MAGIC
+
+    def wrong_size(raw: bytes) -> bytes:
+        header, found = split_entry(raw)
+        encoded = json.dumps({**header, "size": header["size"] - 1}).encode()
+        return found + encoded + len(encoded).to_bytes(4, "big") + MAGIC
+
+    return [flip, truncate, no_magic, lying_length, garbage_header, other_key, wrong_size, lambda raw: b""]
+
+
+@pytest.mark.parametrize("damage", _damages())
+async def test_a_damaged_entry_is_a_miss_and_is_removed(root, damage):
+    cache = await started(root)
+    await cache.write("results", [("k", body(1000), {})])
+    [path] = entry_files(root)
+    path.write_bytes(damage(path.read_bytes()))
+    assert await cache.read("results", "k") is None
     assert not path.exists()
-    assert not cache.known("k")
-    assert cache.total_bytes == bytes_on_disk(root) == blob_path(root, "other").stat().st_size + 20
-    # the neighbours are untouched
-    assert await cache.read_blob("other") == (b"o" * 10, {"n": 1})
-    assert (await cache.open("file")).path == neighbour.path
-    # and the caller can rebuild it
-    await cache.store_blobs([("k", b"rebuilt", {})])
-    assert await cache.read_blob("k") == (b"rebuilt", {})
-    assert cache.total_bytes == bytes_on_disk(root)
+    await until(lambda: not index_rows(root))
+    assert await cache.total("results") == 0
+    await cache.close()
 
 
-async def test_a_blob_of_another_key_is_a_miss_and_removed(root):
+async def test_a_big_body_is_checked_once_per_process_and_a_fresh_process_catches_damage(root):
     cache = await started(root)
-    await cache.store_blobs([("k1", b"same body", {}), ("k2", b"same body", {})])  # only the key tells them apart
-    shutil.copyfile(blob_path(root, "k2"), blob_path(root, "k1"))
-    assert await cache.read_blob("k1") is None
-    assert not blob_path(root, "k1").exists()
-    assert await cache.read_blob("k2") == (b"same body", {})
-    assert cache.total_bytes == bytes_on_disk(root) == blob_path(root, "k2").stat().st_size
-
-
-@pytest.mark.parametrize("damage", [
-    pytest.param(lambda raw: raw[:-5], id="truncated"),
-    pytest.param(lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), id="flipped-body-byte"),
-    pytest.param(lambda raw: b"XXXX" + raw[4:], id="bad-magic"),
-])
-async def test_a_damaged_blob_found_at_start_is_a_miss_at_its_first_read(root, damage):
-    writer = await started(root)
-    await writer.store_blobs([("k", b"payload" * 30, {}), ("other", b"fine", {})])
-    _rewrite(blob_path(root, "k"), damage)
+    await cache.write("originals", [("block", body(BIG), {})])
+    assert (await cache.read("originals", "block")).body == body(BIG)
+    path = file_of(root, "block")
+    stat = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[1000] ^= 0xFF  # a disk fault: same size, same mtime
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_ino == stat.st_ino
+    assert (await cache.read("originals", "block")) is not None  # checked once already: trusted in this process
     fresh = await started(root)
-    assert fresh.known("k")
-    assert fresh.total_bytes == bytes_on_disk(root)  # counted with its (damaged) size until read
-    assert await fresh.read_blob("k") is None
-    assert not blob_path(root, "k").exists()
-    assert fresh.total_bytes == bytes_on_disk(root) == blob_path(root, "other").stat().st_size
-    assert await fresh.read_blob("other") == (b"fine", {})
+    assert await fresh.read("originals", "block") is None  # a restart checks it again
+    assert not path.exists()
+    await cache.close()
+    await fresh.close()
 
 
-async def test_a_batch_that_rewrites_the_least_recently_used_key_keeps_the_new_blob(root, tmp_path):
-    size = await blob_file_size(tmp_path / "scratch", "a", b"a" * 300)
-    cache = await started(root, max_bytes=size * 5 // 2)  # room for two
-    await cache.store_blobs([("a", b"a" * 300, {})])
-    await cache.store_blobs([("b", b"b" * 300, {})])
-    await cache.store_blobs([("c", b"c" * 300, {}), ("a", b"A" * 300, {})])  # a is rewritten, and newest
-    await asyncio.sleep(0.05)  # the evicted files are deleted in the background
-    assert cache.known("a")
-    assert await cache.read_blob("a") == (b"A" * 300, {})
-    assert cache.total_bytes == bytes_on_disk(root)
-
-
-async def test_a_batch_that_fails_part_way_leaves_the_index_matching_the_disk(root):
+async def test_a_small_body_is_checked_on_every_read(root):
     cache = await started(root)
-    first, second = "k0", "k1"
-    assert blob_path(root, first).parent != blob_path(root, second).parent
-    blob_path(root, second).parent.write_bytes(b"not a directory")  # its shard cannot take the blob
-    with pytest.raises(OSError):
-        await cache.store_blobs([(first, b"one" * 10, {}), (second, b"two" * 10, {})])
-    assert files(root / "tmp") == []
-    assert cache.known(first) == blob_path(root, first).exists()
-    assert cache.total_bytes == sum(p.stat().st_size for p in blob_files(root))
+    await cache.write("results", [("thumb", b"x" * 1000, {})])
+    assert await cache.read("results", "thumb") is not None
+    path = file_of(root, "thumb")
+    raw = bytearray(path.read_bytes())
+    raw[10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert await cache.read("results", "thumb") is None
+    await cache.close()
 
 
-# ---------------------------------------------------------------------------------------------------- DiskCache: discard
-
-
-async def test_discard_removes_an_entry(root):
+async def test_discard_and_drop_owned(root):
     cache = await started(root)
-    keep = await put(cache, "keep", b"k" * 10)
-    gone = await put(cache, "gone", b"g" * 20)
-    await cache.store_blobs([("gone blob", b"b" * 30, {}), ("kept blob", b"c" * 5, {})])
-    kept_blob_size = blob_path(root, "kept blob").stat().st_size
-
-    await cache.discard("gone")
-    await cache.discard("gone blob")
-    assert await cache.open("gone") is None
-    assert await cache.read_blob("gone blob") is None
-    assert not gone.path.exists() and not sidecar_of(gone).exists()
-    assert not blob_path(root, "gone blob").exists()
-    assert not cache.known("gone") and not cache.known("gone blob")
-    assert keep.path.exists() and blob_path(root, "kept blob").exists()
-    assert cache.total_bytes == 10 + kept_blob_size == bytes_on_disk(root)
-    await cache.discard("never stored")  # no error
-    assert cache.total_bytes == 10 + kept_blob_size
+    await cache.write("originals", [(f"block{i}", b"x" * 10, {}) for i in range(3)], owner="100/0_a/o.mp4|v1")
+    await cache.write("originals", [("other", b"y" * 10, {})], owner="100/0_b/o.mp4|v1")
+    await cache.write("results", [("thumb", b"z", {})])
+    assert await cache.drop_owned("100/0_a/o.mp4|v1") == 3
+    assert [await cache.read("originals", f"block{i}") for i in range(3)] == [None] * 3
+    assert await cache.read("originals", "other") is not None
+    await cache.discard("results", "thumb")
+    assert await cache.read("results", "thumb") is None
+    assert len(entry_files(root)) == 1 and len(index_rows(root)) == 1
+    await cache.close()
 
 
-# ---------------------------------------------------------------------------------------------------- DiskCache: restarts and processes
+# ---------------------------------------------------------------------------------------------------- budgets
 
 
-async def test_a_restart_finds_the_entries(root):
-    first = await started(root)
-    bodies = {f"key {n}": os.urandom(100 + n) for n in range(5)}
-    stored = {key: await put(first, key, body, {"n": key}) for key, body in bodies.items()}
-    blobs = [(f"blob {n}", os.urandom(50 + n), {"n": n}) for n in range(5)]
-    await first.store_blobs(blobs)
-
-    second = await started(root)
-    assert second.total_bytes == first.total_bytes == bytes_on_disk(root)
-    assert second.total_bytes == sum(map(len, bodies.values())) + sum(p.stat().st_size for p in blob_files(root))
-    for key, body in bodies.items():
-        assert second.known(key)
-        opened = await second.open(key)
-        assert opened is not None
-        assert (opened.path, opened.size, opened.digest, opened.meta) == (
-            stored[key].path, len(body), blake(body), {"n": key})
-        assert opened.path.read_bytes() == body
-    for key, body, meta in blobs:
-        assert second.known(key)
-        assert await second.read_blob(key) == (body, meta)
+async def test_each_namespace_keeps_its_own_budget(root):
+    cache = await started(root, originals=10_000, results=1_000_000)
+    await cache.write("results", [("thumb", b"t" * 5000, {})])
+    for index in range(6):
+        await cache.write("originals", [(f"block{index}", b"b" * 3000, {})])
+    total = await cache.total("originals")
+    assert total <= 10_000
+    assert await cache.read("originals", "block5") is not None  # the newest stays
+    assert await cache.read("originals", "block0") is None  # the oldest went
+    assert await cache.read("results", "thumb") is not None  # another namespace is not touched
+    assert total == sum(path.stat().st_size for path in entry_files(root)) - file_of(root, "thumb").stat().st_size
+    await cache.close()
 
 
-async def test_two_instances_on_one_directory_see_each_others_files(root):
-    a = await started(root)
-    b = await started(root)
-
-    await put(a, "from a", b"A" * 30, {"by": "a"})
-    assert not b.known("from a")
-    assert (await b.open("from a")).size == 30
-    assert b.total_bytes == 30  # b learned about it when it used it
-    assert b.known("from a")
-
-    await put(b, "from b", b"B" * 50, {"by": "b"})
-    opened = await a.open("from b")
-    assert (opened.digest, opened.meta) == (blake(b"B" * 50), {"by": "b"})
-
-    # b replaces a's entry; a sees the new bytes (and does not take them for damage)
-    await put(b, "from a", b"a2" * 20, {"by": "b"})
-    opened = await a.open("from a")
-    assert opened.digest == blake(b"a2" * 20) and opened.path.read_bytes() == b"a2" * 20
-    assert opened.meta == {"by": "b"}
-
-    # a discards; b misses
-    await a.discard("from b")
-    assert await b.open("from b") is None
-    assert not b.known("from b")
+async def test_a_read_makes_an_entry_recent_for_every_worker(root):
+    worker = await started(root, originals=12_000)
+    other = await started(root, originals=12_000)
+    for index in range(3):
+        await worker.write("originals", [(f"block{index}", b"b" * 3000, {})])
+    assert await other.read("originals", "block0") is not None  # the other worker reads the oldest
+    await flushed(other)
+    await worker.write("originals", [("block3", b"b" * 3000, {})])  # over the budget
+    assert await worker.read("originals", "block0") is not None  # read recently: kept
+    assert await worker.read("originals", "block1") is None  # least recently used: gone
+    await worker.close()
+    await other.close()
 
 
-async def test_two_instances_on_one_directory_see_each_others_blobs(root):
-    a = await started(root)
-    b = await started(root)
-
-    await a.store_blobs([("from a", b"A" * 30, {"by": "a"}), ("also from a", b"AA", {})])
-    assert not b.known("from a")  # b never saw it, and yet can read it
-    assert await b.read_blob("from a") == (b"A" * 30, {"by": "a"})
-    assert b.known("from a")
-    assert not b.known("also from a")
-
-    await b.store_blobs([("from b", b"B" * 50, {"by": "b"})])
-    assert not a.known("from b")
-    assert await a.read_blob("from b") == (b"B" * 50, {"by": "b"})
-
-    # b replaces a's blob; a sees the new bytes (and does not take them for damage)
-    await b.store_blobs([("from a", b"a2" * 20, {"by": "b"})])
-    assert await a.read_blob("from a") == (b"a2" * 20, {"by": "b"})
-    assert await a.read_blob("from a") == (b"a2" * 20, {"by": "b"})
-
-    # a discards; b misses, and forgets it
-    await a.discard("from b")
-    assert await b.read_blob("from b") is None
-    assert not b.known("from b")
-    assert await b.read_blob("also from a") == (b"AA", {})
+async def test_two_workers_share_one_budget(root):
+    first = await started(root, originals=20_000)
+    second = await started(root, originals=20_000)
+    for index in range(10):
+        await (first if index % 2 else second).write("originals", [(f"block{index}", b"x" * 3000, {})])
+    on_disk = sum(path.stat().st_size for path in entry_files(root))
+    assert on_disk <= 20_000
+    assert on_disk == await first.total("originals") == await second.total("originals")
+    assert (await second.read("originals", "block9")).body == b"x" * 3000  # written by the other
+    await first.close()
+    await second.close()
 
 
-async def test_a_blob_learned_from_another_instance_counts_with_its_file_size(root):
-    a = await started(root)
-    b = await started(root)
-    await a.store_blobs([("k", b"x" * 100, {"content_type": "image/jpeg"})])
-    assert await b.read_blob("k") is not None
-    assert b.total_bytes == a.total_bytes == bytes_on_disk(root)
+async def test_a_new_entry_larger_than_the_budget_is_kept_until_the_next_write(root):
+    cache = await started(root, results=1000)
+    await cache.write("results", [("big", b"x" * 5000, {})])
+    assert await cache.read("results", "big") is not None  # its writer is about to use it
+    await cache.write("results", [("next", b"y" * 100, {})])
+    assert await cache.read("results", "big") is None
+    await cache.close()
 
 
-async def test_open_and_read_blob_work_before_start_on_an_existing_directory(root):
-    first = await started(root)
-    await put(first, "k", b"body")
-    await first.store_blobs([("b", b"blob", {})])
-    fresh = DiskCache(root, 1 << 20)
-    assert (await fresh.open("k")).size == 4
-    assert await fresh.read_blob("b") == (b"blob", {})
+# ---------------------------------------------------------------------------------------------------- start-up
 
 
-async def test_store_blobs_works_before_start(root):
-    fresh = DiskCache(root, 1 << 20)
-    await fresh.store_blobs([("b", b"blob", {})])
-    assert await fresh.read_blob("b") == (b"blob", {})
-    assert (await started(root)).known("b")
+async def test_a_restart_finds_the_entries_and_their_recency(root):
+    cache = await started(root, originals=12_000)
+    for index in range(3):
+        await cache.write("originals", [(f"block{index}", b"b" * 3000, {})])
+    assert await cache.read("originals", "block0") is not None
+    await cache.close()  # writes the recency it had not written yet
+    restarted = await started(root, originals=12_000)
+    await restarted.write("originals", [("block3", b"b" * 3000, {})])
+    assert await restarted.read("originals", "block0") is not None
+    assert await restarted.read("originals", "block1") is None
+    await restarted.close()
 
 
-# ---------------------------------------------------------------------------------------------------- DiskCache: damage to file entries
-
-
-async def test_truncated_data_is_a_miss_and_removed(root):
-    cache = await started(root)
-    entry = await put(cache, "k", b"0123456789" * 10)
-    with open(entry.path, "r+b") as data:
-        data.truncate(37)
-    assert await cache.open("k") is None
-    assert not entry.path.exists() and not sidecar_of(entry).exists()
-    assert cache.total_bytes == 0
-    assert await cache.open("k") is None
-    # and the caller can rebuild it
-    await put(cache, "k", b"rebuilt")
-    assert (await cache.open("k")).path.read_bytes() == b"rebuilt"
-    assert cache.total_bytes == 7
-
-
-async def test_flipped_bytes_open_verifies_once_per_process_so_a_fresh_instance_catches_it(root):
-    cache = await started(root)
-    entry = await put(cache, "k", b"frames" * 50)
-    flip_keeping_mtime(entry.path)
-
-    # this process wrote (so verified) this exact (file, mtime, size): open() does not re-hash it
-    same_process = await cache.open("k")
-    assert same_process is not None and same_process.size == entry.size
-    # open(verify=False) never hashes
-    assert await (await started(root)).open("k", verify=False) is not None
-
-    # a fresh process verifies the digest on its first open: a miss, and the entry is removed
-    fresh = await started(root)
-    assert fresh.total_bytes == entry.size
-    assert await fresh.open("k") is None
-    assert not entry.path.exists() and not sidecar_of(entry).exists()
-    assert fresh.total_bytes == 0
-    assert await cache.open("k") is None  # gone for the first process as well
-
-
-async def test_open_verifies_once_then_trusts_the_same_file(root):
-    cache = await started(root)
-    await put(cache, "k", b"abc" * 100)
-    fresh = await started(root)
-    first = await fresh.open("k")
-    flip_keeping_mtime(first.path)
-    assert await fresh.open("k") is not None  # verified already, same mtime and size
-    assert await (await started(root)).open("k") is None  # a new process checks again
-
-
-async def test_deleted_sidecar_is_a_miss_and_the_orphan_data_goes_at_start(root):
-    cache = await started(root)
-    entry = await put(cache, "k", b"body" * 10)
-    sidecar_of(entry).unlink()
-    assert await cache.open("k") is None
-    assert await cache.open("k") is None
-    assert cache.total_bytes == 0  # forgotten by this process's index
-    # the data file alone (another process may be committing it) is removed by a start() once it is old
-    age(entry.path, 2 * HOUR)
-    restarted = await started(root)
-    assert not entry.path.exists()
-    assert restarted.total_bytes == 0
-    assert files(root / "data") == []
-
-
-@pytest.mark.parametrize("garbage", [
-    pytest.param(b"", id="empty"),
-    pytest.param(b"{not json", id="not-json"),
-    pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
-    pytest.param(b"[1, 2, 3]", id="not-an-object"),
-    pytest.param(b'"k"', id="a-string"),
-    pytest.param(b'{"key": "k"}', id="no-size"),
-    pytest.param(b'{"key": "k", "size": "400"}', id="size-wrong-type"),
-])
-async def test_garbage_sidecar_is_a_miss_and_removed(root, garbage):
-    cache = await started(root)
-    entry = await put(cache, "k", b"data" * 100)
-    other = await put(cache, "other", b"o" * 10)
-    sidecar_of(entry).write_bytes(garbage)
-    assert await cache.open("k") is None
-    assert not entry.path.exists() and not sidecar_of(entry).exists()
-    assert cache.total_bytes == 10
-    assert (await cache.open("other")).path.read_bytes() == b"o" * 10  # the neighbour is untouched
-    assert other.path.exists()
-
-
-async def test_sidecar_of_another_key_is_a_miss_and_removed(root):
-    cache = await started(root)
-    entry = await put(cache, "k", b"same size!")
-    other = await put(cache, "other", b"equal size")  # same length, so only the key tells them apart
-    shutil.copyfile(sidecar_of(other), sidecar_of(entry))
-    assert await cache.open("k") is None
-    assert not entry.path.exists() and not sidecar_of(entry).exists()
-    assert (await cache.open("other")).path.read_bytes() == b"equal size"
-    assert cache.total_bytes == 10
-
-
-async def test_sidecar_with_a_wrong_digest_is_a_miss_and_removed(root):
-    cache = await started(root)
-    entry = await put(cache, "k", b"x" * 64)
-    record = json.loads(sidecar_of(entry).read_text())
-    record["digest"] = blake(b"something else")
-    sidecar_of(entry).write_text(json.dumps(record))
-    checker = await started(root)  # a fresh process, so open() hashes
-    assert await checker.open("k") is None
-    assert not entry.path.exists()
-
-
-# ---------------------------------------------------------------------------------------------------- DiskCache: start-up upkeep
-
-
-async def test_start_removes_old_tmp_leftovers_and_keeps_fresh_ones(root):
+async def test_start_removes_leftovers_of_dead_writers_and_keeps_live_ones(root):
     (root / "tmp").mkdir(parents=True)
-    old = root / "tmp" / "dead-writer.part"
-    old.write_bytes(b"interrupted")
-    age(old, HOUR + 60)
-    fresh = root / "tmp" / "live-writer.part"
-    fresh.write_bytes(b"in progress")
-    age(fresh, 60)
-    await started(root)
-    assert not old.exists()
-    assert fresh.exists()
-
-
-async def test_start_removes_tmp_leftovers_of_writers_that_are_gone(root):
-    tmp = root / "tmp"
-    tmp.mkdir(parents=True)
-    dead = tmp / f"{NO_SUCH_PID}-0123abcd.part"  # its writer is gone: removed however fresh
-    ours = tmp / f"{os.getpid()}-4567cdef.part"  # an earlier process with our pid: nothing of ours is running yet
-    live = tmp / f"{os.getppid()}-89abcdef.part"  # a live writer: left alone while fresh
-    live_but_old = tmp / f"{os.getppid()}-fedcba98.part"
-    for path in (dead, ours, live, live_but_old):
-        path.write_bytes(b"partial blob or file")
-    age(live_but_old, HOUR + 60)
-    await started(root)
-    assert not dead.exists() and not ours.exists() and not live_but_old.exists()
-    assert live.exists()
-
-
-async def test_start_removes_old_data_without_sidecar_and_keeps_fresh(root):
+    dead = root / "tmp" / f"{NO_SUCH_PID}-abc.part"
+    live = root / "tmp" / f"{os.getppid()}-abc.part"
+    dead.write_bytes(b"half a block")
+    live.write_bytes(b"being written")
     cache = await started(root)
-    old = await put(cache, "old orphan", b"o" * 10)
-    new = await put(cache, "new orphan", b"n" * 20)
-    kept = await put(cache, "complete", b"c" * 30)
-    await cache.store_blobs([("old blob", b"b" * 40, {})])
-    sidecar_of(old).unlink()
-    sidecar_of(new).unlink()
-    age(old.path, 2 * HOUR)
-    age(kept.path, 2 * HOUR)  # old data is fine when its sidecar is there
-    age(blob_path(root, "old blob"), 2 * HOUR)  # and a blob needs no sidecar
+    assert not dead.exists() and live.exists()
+    await cache.close()
 
+
+async def test_start_adopts_files_the_index_lost_and_drops_rows_without_files(root):
+    cache = await started(root)
+    await cache.write("results", [("kept", b"k" * 100, {}), ("gone", b"g" * 100, {})])
+    await cache.close()
+    file_of(root, "gone").unlink()
+    (root / "index.sqlite").unlink()  # the index lost (with its -wal)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{root / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+    (root / "scanned").unlink()
+    junk = root / "data" / "ab" / ("ab" + "0" * 62)
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"not an entry")
     restarted = await started(root)
-    assert not old.path.exists()
-    assert new.path.exists()  # perhaps a writer in another process is about to add its sidecar
-    assert kept.path.exists()
-    assert restarted.total_bytes == 30 + blob_path(root, "old blob").stat().st_size  # only complete entries
-    assert (await restarted.open("complete")).path.read_bytes() == b"c" * 30
-    assert await restarted.read_blob("old blob") == (b"b" * 40, {})
+    assert (await restarted.read("results", "kept")).body == b"k" * 100
+    assert list(index_rows(root).values()) == [("results", file_of(root, "kept").stat().st_size)]
+    assert not junk.exists()
+    await restarted.close()
 
 
-async def test_start_removes_a_sidecar_without_data(root):
+async def test_a_damaged_index_is_rebuilt_from_the_files(root):
     cache = await started(root)
-    entry = await put(cache, "k", b"body")
-    entry.path.unlink()
+    await cache.write("results", [("kept", b"k" * 100, {})])
+    await cache.close()
+    (root / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{root / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+    (root / "scanned").unlink()
     restarted = await started(root)
-    assert not sidecar_of(entry).exists()
-    assert restarted.total_bytes == 0
+    assert (await restarted.read("results", "kept")).body == b"k" * 100
+    assert len(index_rows(root)) == 1
+    await restarted.close()
 
 
-async def test_start_evicts_the_oldest_when_over_budget(root):
+async def test_start_shrinks_a_cache_found_over_its_budget(root):
     cache = await started(root)
-    entries = [await put(cache, f"k{n}", bytes([n]) * 100) for n in range(5)]
-    for n, entry in enumerate(entries):  # recency lives in the sidecars' mtimes
-        age(sidecar_of(entry), (10 - n) * 60)
-    small = await started(root, max_bytes=300)
-    assert small.total_bytes <= 300
-    assert small.total_bytes == bytes_on_disk(root)
-    survivors = [n for n, entry in enumerate(entries) if entry.path.exists()]
-    assert survivors == [3, 4]  # the oldest went first, down to 90% of the budget
+    for index in range(5):
+        await cache.write("originals", [(f"block{index}", b"b" * 3000, {})])
+    await cache.close()
+    (root / "scanned").unlink()
+    smaller = await started(root, originals=7000)
+    assert await smaller.total("originals") <= 7000
+    assert await smaller.read("originals", "block4") is not None
+    await smaller.close()
 
 
-async def test_start_evicts_the_oldest_of_blobs_and_files_when_over_budget(root, tmp_path):
-    size = await blob_file_size(tmp_path / "scratch", "k0", b"\0" * 100)  # every entry takes this much
+# ---------------------------------------------------------------------------------------------------- shared facts
+
+
+async def test_located_facts_are_shared_and_forgotten_by_prefix(root):
+    first = await started(root)
+    second = await started(root)
+    await first.remember_located("100/0_a/None|None|None", {"identity": "v1"}, 1234.5)
+    await first.remember_located("100/0_b/None|None|None", {"identity": "v9"}, 1.0)
+    assert await second.located("100/0_a/None|None|None") == ({"identity": "v1"}, 1234.5)
+    await second.forget_located("100/0_a/")
+    assert await first.located("100/0_a/None|None|None") is None
+    assert await first.located("100/0_b/None|None|None") is not None
+    await first.close()
+    await second.close()
+
+
+_HOLD_LOCK = """
+import asyncio, sys
+from pathlib import Path
+from mediaproxy.cache.disk import DiskCache
+
+async def main():
+    cache = DiskCache(Path(sys.argv[1]), {})
+    await cache.start()
+    async with cache.exclusive("block|1", 5) as got:
+        print("held" if got else "not held", flush=True)
+        sys.stdin.readline()
+    await cache.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_exclusive_is_one_holder_per_node_and_a_dead_holder_frees_it(root):
     cache = await started(root)
-    for n in range(6):  # blobs (even n) and files (odd n), oldest first
-        key = f"k{n}"
-        if n % 2 == 0:
-            await cache.store_blobs([(key, bytes([n]) * 100, {})])
-            age(blob_path(root, key), (10 - n) * 60)  # a blob's recency is its file's mtime
-        else:
-            entry = await put(cache, key, bytes([n]) * size)
-            age(sidecar_of(entry), (10 - n) * 60)
-    assert cache.total_bytes == 6 * size == bytes_on_disk(root)
-
-    small = await started(root, max_bytes=size * 7 // 2)  # 6 entries > 3.5: down to 3.15 entries, so 3 stay
-    assert small.total_bytes == 3 * size == bytes_on_disk(root)
-    assert [n for n in range(6) if on_disk(root, f"k{n}")] == [3, 4, 5]
-    assert [n for n in range(6) if small.known(f"k{n}")] == [3, 4, 5]
-    assert await small.read_blob("k4") == (bytes([4]) * 100, {})
-
-
-@pytest.mark.parametrize("uptime", [
-    pytest.param(30 * 24 * HOUR, id="host-up-for-a-month"),
-    pytest.param(600.0, id="host-booted-10-minutes-ago"),
-])
-async def test_reads_are_remembered_across_a_restart(root, monkeypatch, uptime):
-    clock = SimpleNamespace(time=time.time, monotonic=lambda: uptime)
-    monkeypatch.setattr(disk_module, "time", clock)
-    writer = await started(root)
-    read_later = await put(writer, "read later", b"r" * 100)
-    never_read = await put(writer, "never read", b"n" * 100)
-    age(sidecar_of(read_later), 3 * HOUR)
-    age(sidecar_of(never_read), 2 * HOUR)
-
-    process = await started(root)  # a later process reads one of them
-    assert await process.open("read later") is not None
-
-    restarted = await started(root, max_bytes=150)  # room for one: the least recently used goes
-    assert (await restarted.open("read later")).path.read_bytes() == b"r" * 100
-    assert await restarted.open("never read") is None
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert await asyncio.to_thread(holder.stdout.readline) == "held\n"
+        async with cache.exclusive("block|1", 0.2) as got:
+            assert not got  # another process holds it: waited, then went on without it
+        async with cache.exclusive("block|2", 0.2) as got:
+            assert got  # another key is free
+        holder.kill()  # kill -9: the kernel releases its lock
+        holder.wait()
+        async with cache.exclusive("block|1", 5) as got:
+            assert got
+    finally:
+        holder.kill()
+        holder.wait()
+    await cache.close()
 
 
-async def test_blob_reads_are_remembered_across_a_restart(root, monkeypatch):
-    clock = SimpleNamespace(time=time.time, monotonic=lambda: 30 * 24 * HOUR)
-    monkeypatch.setattr(disk_module, "time", clock)
-    writer = await started(root)
-    await writer.store_blobs([("read later", b"r" * 100, {}), ("never read", b"n" * 100, {})])
-    age(blob_path(root, "read later"), 3 * HOUR)
-    age(blob_path(root, "never read"), 2 * HOUR)
-
-    process = await started(root)  # a later process reads one of them
-    assert await process.read_blob("read later") is not None
-
-    size = blob_path(root, "read later").stat().st_size
-    restarted = await started(root, max_bytes=size * 3 // 2)  # room for one: the least recently used goes
-    assert await restarted.read_blob("read later") == (b"r" * 100, {})
-    assert await restarted.read_blob("never read") is None
+# ---------------------------------------------------------------------------------------------------- a full disk
 
 
-# ---------------------------------------------------------------------------------------------------- DiskCache: eviction
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MB tmpfs: a disk that really fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk tests: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.parametrize("kinds", ["FFFF", "BBBB", "BFBF", "FBFB", "FBBF"])
-async def test_eviction_removes_least_recently_used_first(root, tmp_path, kinds):
-    """Four entries of one size, blobs (B) or files (F), in a budget for three and a half."""
-    size = await blob_file_size(tmp_path / "scratch", "a", b"a" * 250)
-    cache = await started(root, max_bytes=size * 7 // 2)
-    kind_of = dict(zip("abcd", kinds))
-
-    async def add(key: str) -> None:
-        if kind_of[key] == "B":
-            await cache.store_blobs([(key, key.encode() * 250, {})])
-        else:
-            await put(cache, key, key.encode() * size)
-
-    async def use(key: str):
-        return await (cache.read_blob(key) if kind_of[key] == "B" else cache.open(key))
-
-    for key in "abc":
-        await add(key)
-    assert cache.total_bytes == 3 * size == bytes_on_disk(root)
-    assert await use("a") is not None  # a is now more recent than b
-    await add("d")  # 4 > 3.5 entries: evict down to 90% (3.15), so one goes
-
-    assert cache.total_bytes == 3 * size
-    assert not cache.known("b")
-    await until(lambda: not on_disk(root, "b"))
-    assert all(on_disk(root, key) for key in "acd")
-    assert await use("b") is None
-    for key in "acd":
-        found = await use(key)
-        body = found[0] if kind_of[key] == "B" else found.path.read_bytes()
-        assert body == key.encode() * (250 if kind_of[key] == "B" else size)
-    assert cache.total_bytes == bytes_on_disk(root) == 3 * size
-
-
-async def test_a_blob_read_recently_survives_eviction(root, tmp_path):
-    size = await blob_file_size(tmp_path / "scratch", "k0", b"\0" * 100)
-    cache = await started(root, max_bytes=size * 23 // 4)  # 5 fit; at 6, down to 90%: one goes
-    await cache.store_blobs([(f"k{n}", bytes([n]) * 100, {}) for n in range(5)])
-    assert await cache.read_blob("k0") is not None  # the oldest, but just read
-    await cache.store_blobs([("k5", b"\5" * 100, {})])
-    await until(lambda: not on_disk(root, "k1"))
-    assert cache.known("k0")
-    assert await cache.read_blob("k0") == (b"\0" * 100, {})
-    assert [n for n in range(6) if cache.known(f"k{n}")] == [0, 2, 3, 4, 5]
-
-
-async def test_total_bytes_stays_under_budget_and_matches_the_disk(root):
-    cache = await started(root, max_bytes=2000)
-    hot = (b"h" * 120, {"hot": True})
-    await cache.store_blobs([("hot", *hot)])
-    for n in range(30):
-        if n % 2:
-            await put(cache, f"f{n}", os.urandom(37 + n * 7))
-        else:
-            await cache.store_blobs([(f"b{n}", os.urandom(20 + n * 5), {"n": n}), (f"c{n}", os.urandom(30), {})])
-        assert cache.total_bytes <= 2000
-        if n % 3 == 0:
-            assert await cache.read_blob("hot") == hot  # keep one blob hot
-    assert await cache.read_blob("hot") == hot  # the hot entry survived all that
-    await until(lambda: bytes_on_disk(root) == cache.total_bytes)
-    await asyncio.sleep(0.02)
-    assert bytes_on_disk(root) == cache.total_bytes <= 2000
-    sidecars = [p for p in files(root / "data") if p.suffix == ".json"]
-    assert sorted(p.with_suffix("") for p in sidecars) == [p for p in data_files(root) if p.suffix != ".blob"]
-    assert len(blob_files(root)) > 1 and sidecars  # both kinds are still there
-    assert files(root / "tmp") == []
-    # and a restart agrees
-    assert (await started(root, max_bytes=2000)).total_bytes == cache.total_bytes
-
-
-async def test_eviction_through_store_stream_and_store_file(root):
-    cache = await started(root, max_bytes=500)
-    first = await cache.store_stream("s", chunks_of(b"s" * 200), expected_size=200)
-    await cache.store_file("f", lambda path: path.write_bytes(b"f" * 200))
-    await cache.store_stream("t", chunks_of(b"t" * 200))
-    assert cache.total_bytes == 400
-    await until(lambda: not first.path.exists())
-    assert bytes_on_disk(root) == 400
-
-
-async def test_a_batch_bigger_than_the_budget_keeps_the_last_blob(root):
-    cache = await started(root, max_bytes=1000)
-    await cache.store_blobs([(f"k{n}", bytes([n]) * 400, {}) for n in range(5)])
-    assert cache.total_bytes <= 1000
-    assert cache.known("k4")
-    assert await cache.read_blob("k4") == (b"\4" * 400, {})
-    await until(lambda: bytes_on_disk(root) == cache.total_bytes)
+async def test_a_full_disk_refuses_writes_without_errors_and_reports_degraded(small_disk, caplog):
+    cache = await started(small_disk / "cache")
+    assert cache.degraded is None
+    assert await cache.write("results", [("small", b"s" * 1000, {})])
+    assert not await cache.write("originals", [("block", b"x" * 2_000_000, {})])  # more than the disk holds
+    assert "No space left" in cache.degraded
+    assert await cache.read("originals", "block") is None
+    assert (await cache.read("results", "small")).body == b"s" * 1000  # what is there still serves
+    assert not list((small_disk / "cache" / "tmp").iterdir())  # the half-written file is gone
+    for _ in range(3):
+        await cache.write("originals", [("block", b"x" * 2_000_000, {})])
+    warnings = [record for record in caplog.records if "serving without caching" in record.getMessage()]
+    assert len(warnings) == 1  # logged once a minute, not per write
+    await cache.close()
 
 
 # ---------------------------------------------------------------------------------------------------- MemoryCache
@@ -1277,3 +685,42 @@ async def test_single_flight_unawaited_failure_is_not_reported_as_never_retrieve
         assert reported == []
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_single_flight_with_orphan_grace_cancels_work_nobody_waits_for():
+    flight: SingleFlight[str] = SingleFlight(orphan_grace=0.05)
+    cancelled = asyncio.Event()
+
+    async def fetch():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    caller = asyncio.create_task(flight.run("key", fetch))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await until(lambda: len(flight) == 0)
+
+
+async def test_single_flight_with_orphan_grace_keeps_work_a_new_caller_joins():
+    flight: SingleFlight[str] = SingleFlight(orphan_grace=0.05)
+    release = asyncio.Event()
+
+    async def fetch():
+        await release.wait()
+        return "block"
+
+    first = asyncio.create_task(flight.run("key", fetch))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.create_task(flight.run("key", fetch))  # joins within the grace
+    await asyncio.sleep(0.1)
+    release.set()
+    assert await second == "block"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 import urllib.error
 import urllib.request
 
@@ -106,6 +107,10 @@ def test_workers_share_the_port_are_restarted_and_stop_together(tmp_path):
                 break
             time.sleep(0.2)
         assert len(now) == 2 and workers[0] not in now, now
+        # a socket between bind() and listen() refuses what the kernel hands it: wait for the new one to listen
+        deadline = time.monotonic() + 30
+        while set(now) - _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for _ in range(10):  # and the port keeps answering throughout
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/p/100/raw/entry_id/0_photo") as response:
                 assert response.status == 200
@@ -116,6 +121,23 @@ def test_workers_share_the_port_are_restarted_and_stop_together(tmp_path):
     assert "(2 workers)" in output
     assert "starting another" in output
     assert not [pid for pid in now if os.path.exists(f"/proc/{pid}")], "workers outlived the supervisor"
+
+
+def _listening(port: int) -> set[int]:
+    """Pids holding a listening TCP socket on `port` (from /proc/net/tcp and each process's descriptors)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            inodes.add(f"socket:[{fields[9]}]")
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                found.add(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def _children(pid: int) -> list[int]:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -26,10 +27,11 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from .conftest import REPO, free_port, make_config, make_entry
+from .conftest import REPO, cache_entries, free_port, make_config, make_entry
 
 MB = 1 << 20
 RAW_SIZES = {"0_big1": 16 * MB, "0_big2": 28 * MB, "0_big3": 40 * MB, "0_big4": 56 * MB}
+BLOCK = 32 * MB  # large blocks: a block being written is there long enough to be killed mid-write
 PHOTOS = ["0_pic1", "0_pic2", "0_pic3", "0_pic4", "0_pic5"]
 THUMB_WIDTHS = [160, 320]
 
@@ -144,7 +146,7 @@ class Server:
 
 
 def write_config(tmp_path: Path, origin_url: str, extra: str = "") -> Path:
-    make_config(tmp_path, f'kind = "http"\nurl = "{origin_url}"\ntimeout_seconds = 30', extra)
+    make_config(tmp_path, f'kind = "http"\nurl = "{origin_url}"\ntimeout_seconds = 30\nblock_bytes = {BLOCK}', extra)
     return tmp_path / "config.toml"
 
 
@@ -180,53 +182,33 @@ def blake(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def check_cache(cache: Path) -> dict[str, int]:
-    """Every entry on disk is whole: a sidecar's data file has its size and digest; a blob parses and matches."""
-    counts = {"files": 0, "blobs": 0, "orphans": 0}
-    data_dir = cache / "data"
-    if not data_dir.is_dir():
-        return counts
-    for path in sorted(data_dir.glob("*/*")):
-        if path.suffix == ".json":
-            record = json.loads(path.read_bytes())
-            data = path.with_suffix("")
-            assert data.is_file(), f"sidecar {path.name} without its data"
-            body = data.read_bytes()
-            assert len(body) == record["size"], f"{record['key']}: {len(body)} bytes on disk, sidecar says " \
-                                                f"{record['size']}"
-            assert blake(body) == record["digest"], f"{record['key']}: digest differs from its sidecar"
-            assert hashlib.sha256(record["key"].encode()).hexdigest() == path.stem
-            counts["files"] += 1
-        elif path.suffix == ".blob":
-            raw = path.read_bytes()
-            assert raw[:4] == b"MPB1", f"{path.name}: no blob magic"
-            end = 8 + int.from_bytes(raw[4:8], "big")
-            record = json.loads(raw[8:end])
-            body = raw[end:]
-            assert len(body) == record["size"], f"{record['key']}: blob body is {len(body)} of {record['size']}"
-            assert blake(body) == record["digest"], f"{record['key']}: blob digest differs"
-            assert hashlib.sha256(record["key"].encode()).hexdigest() == path.stem
-            counts["blobs"] += 1
-        elif not path.with_suffix(".json").exists():
-            counts["orphans"] += 1  # data renamed in place, killed before its sidecar: never served
+def check_cache(cache: Path) -> Counter:
+    """Every entry file on disk is whole (read from the documented layout: body, JSON header, its length, MPB2):
+    its body has the size and digest the header gives, under the name of its namespace and key. Entries by
+    namespace."""
+    counts: Counter = Counter()
+    for path in sorted((cache / "data").glob("*/*")) if (cache / "data").is_dir() else []:
+        raw = path.read_bytes()
+        assert raw[-4:] == b"MPB2", f"{path.name}: not a whole entry"
+        length = int.from_bytes(raw[-8:-4], "big")
+        header = json.loads(raw[-8 - length:-8])
+        body = raw[:header["size"]]
+        assert len(raw) == header["size"] + length + 8, f"{header['key']}: {len(raw)} bytes on disk"
+        assert blake(body) == header["digest"], f"{header['key']}: digest differs from its header"
+        assert hashlib.sha256(f"{header['ns']}|{header['key']}".encode()).hexdigest() == path.name
+        counts[header["ns"]] += 1
     return counts
 
 
-def find_file_entry(cache: Path, url_suffix: str) -> tuple[Path, dict]:
-    for sidecar in (cache / "data").glob("*/*.json"):
-        record = json.loads(sidecar.read_bytes())
-        if record["key"].endswith(url_suffix):
-            return sidecar.with_suffix(""), record
-    raise AssertionError(f"no cached file for {url_suffix}")
+def find_entry(cache: Path, *needles: str) -> Path:
+    for entry in cache_entries(cache):
+        if all(needle in entry["key"] for needle in needles):
+            return entry["path"]
+    raise AssertionError(f"no cache entry for {needles}")
 
 
-def find_blob(cache: Path, *needles: str) -> Path:
-    for blob in (cache / "data").glob("*/*.blob"):
-        raw = blob.read_bytes()
-        key = json.loads(raw[8:8 + int.from_bytes(raw[4:8], "big")])["key"]
-        if all(needle in key for needle in needles):
-            return blob
-    raise AssertionError(f"no blob for {needles}")
+def blocks_of(size: int) -> int:
+    return -(-size // BLOCK)
 
 
 # --------------------------------------------------------------------------------------------------- the requests
@@ -259,12 +241,12 @@ async def wait_for_moment(cache: Path, moment: str, process: subprocess.Popen, t
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the server died on its own"
-        parts = [p for p in part_files(cache) if _size(p) > 0]
+        parts = [p for p in part_files(cache) if 0 < _size(p) < BLOCK // 2]  # half a block: being written
         if moment == "first-part" and parts:
             return
-        if moment == "first-commit" and parts and any(data.glob("*/*.json")):
+        if moment == "first-commit" and parts and any(data.glob("*/*")):
             return
-        if moment == "first-result" and any(data.glob("*/*.blob")):
+        if moment == "first-result" and any(entry["ns"] == "results" for entry in cache_entries(cache)):
             return
         await asyncio.sleep(0.003)
     raise AssertionError(f"the moment {moment!r} never came")
@@ -321,8 +303,8 @@ async def test_kill_9_while_writing_the_cache_never_serves_a_partial_file(tmp_pa
         second.process.send_signal(signal.SIGTERM)
         assert await second.wait_exit(20) == 0, second.output()
         counts = check_cache(cache)
-        assert counts["files"] == len(RAW_SIZES) + len(PHOTOS)
-        assert counts["blobs"] == len(PHOTOS) * len(THUMB_WIDTHS)
+        assert counts["originals"] == sum(blocks_of(size) for size in RAW_SIZES.values()) + len(PHOTOS)
+        assert counts["results"] == len(PHOTOS) * len(THUMB_WIDTHS)
         assert not part_files(cache)
         assert "Traceback" not in second.output()
     finally:
@@ -351,16 +333,16 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
         assert await first.wait_exit(20) == 0, first.output()
         check_cache(cache)
 
-        truncated, record = find_file_entry(cache, "/100/0_big1/original.bin")
+        truncated = find_entry(cache, "/0_big1/original.bin|", "|0")
         with open(truncated, "r+b") as file:  # a torn write: half the bytes
-            file.truncate(record["size"] // 2)
-        flipped, _ = find_file_entry(cache, "/100/0_big2/original.bin")
+            file.truncate(truncated.stat().st_size // 2)
+        flipped = find_entry(cache, "/0_big2/original.bin|", "|0")
         with open(flipped, "r+b") as file:  # a disk fault: same size, other bytes
             file.seek(12345)
             file.write(b"\x00" * 4096)
-        short, _ = find_file_entry(cache, "/100/0_pic1/original.jpg")
-        short.write_bytes(b"")  # an empty data file
-        blob = find_blob(cache, "0_pic1", "width=320")
+        short = find_entry(cache, "/0_pic1/original.jpg|")
+        short.write_bytes(b"")  # an empty file
+        blob = find_entry(cache, "0_pic1", "width=320")
         blob.write_bytes(blob.read_bytes()[:-100])  # a cut result
         before_restart = len(nginx.requests())
 
@@ -372,15 +354,15 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
                 check_answer("raw", entry, status, body, digests, f"after the damage: {path}")
             status, _, again = await get(session, second.url + thumb)
             assert status == 200 and again == thumbnail  # rendered again: the same picture
-        refetched = {path for method, path, status in nginx.requests()[before_restart:]
-                     if method == "GET" and status == 200}
-        assert {"/100/0_big1/original.bin", "/100/0_big2/original.bin", "/100/0_pic1/original.jpg"} <= refetched
-        assert "/100/0_pic2/original.jpg" not in refetched  # whole: only revalidated (304)
+        refetched = Counter(path for method, path, status in nginx.requests()[before_restart:]
+                            if method == "GET" and status == 206)
+        assert refetched == {"/100/0_big1/original.bin": 1, "/100/0_big2/original.bin": 1,
+                             "/100/0_pic1/original.jpg": 1}  # the damaged blocks, and only them
         second.process.send_signal(signal.SIGTERM)
         assert await second.wait_exit(20) == 0, second.output()
-        check_cache(cache)  # the damaged entries were replaced by whole ones
-        assert find_file_entry(cache, "/100/0_big1/original.bin")[0].stat().st_size == RAW_SIZES["0_big1"]
-        find_blob(cache, "0_pic1", "width=320")
+        counts = check_cache(cache)  # the damaged entries were replaced by whole ones
+        assert counts["originals"] == blocks_of(RAW_SIZES["0_big1"]) + blocks_of(RAW_SIZES["0_big2"]) + 2
+        find_entry(cache, "0_pic1", "width=320")
     finally:
         first.stop()
         if second is not None:
@@ -477,14 +459,18 @@ async def test_a_job_queued_past_the_queue_timeout_is_dropped_with_503(serve, tm
 
 
 class SlowUpstream:
-    """An HTTP origin (in its own thread) that trickles bodies: files[path] = (bytes, seconds, stall).
+    """An HTTP origin (in its own thread) that trickles bodies: files[path] = (bytes, seconds, stall), answering
+    Range requests (206) under a fixed ETag, as object stores do.
 
-    A stalled body stops half way until `release()`: an upstream that hangs.
+    A stalled body stops half way (of the file) until `release()`: an upstream that hangs. `sending` is set when a
+    body of a path starts flowing, `stalled` when a body stops half way.
     """
 
     def __init__(self, files: dict[str, tuple[bytes, float, bool]]) -> None:
         self.files = files
         self.released = threading.Event()
+        self.stalled = threading.Event()
+        self.sending: dict[str, threading.Event] = {path: threading.Event() for path in files}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.loop = asyncio.new_event_loop()
@@ -505,27 +491,40 @@ class SlowUpstream:
         self.loop.run_forever()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        found = self.files.get(request.match_info["path"])
+        path = request.match_info["path"]
+        found = self.files.get(path)
         if found is None:
             return web.Response(status=404)
         body, seconds, stall = found
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        response.content_length = len(body)
+        first, last = 0, len(body) - 1
+        wanted = request.http_range
+        status = 200
+        if request.method == "GET" and (wanted.start is not None or wanted.stop is not None):
+            first, last, status = wanted.start or 0, min((wanted.stop or len(body)) - 1, len(body) - 1), 206
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{len(body)}"'}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = last - first + 1
         await response.prepare(request)
         if request.method == "HEAD":
             return response
+        self.sending[path].set()
         steps = 40 if seconds else 1
         step = -(-len(body) // steps)
-        for offset in range(0, len(body), step):
-            await response.write(body[offset:offset + step])
-            if stall and offset + step >= len(body) // 2:
+        offset = first
+        while offset <= last:
+            end = min(offset + step, last + 1)
+            await response.write(body[offset:end])
+            if stall and end >= len(body) // 2:
+                self.stalled.set()
                 while not self.released.is_set():
                     await asyncio.sleep(0.05)
-                break  # released: the upstream gives up mid-body
+                return response  # released: the upstream gives up mid-body
+            offset = end
             if seconds:
                 await asyncio.sleep(seconds / steps)
-        else:
-            await response.write_eof()
+        await response.write_eof()
         return response
 
     def stop(self) -> None:
@@ -578,10 +577,8 @@ async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_ups
             raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
             thumbs = [asyncio.create_task(get(session, server.url + f"/p/100/thumbnail/entry_id/0_huge/width/{w}"))
                       for w in (2001, 3999)]
-            deadline = time.monotonic() + 10
-            while not part_files(cache) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert part_files(cache), "the slow original never started downloading"
+            started = await asyncio.to_thread(slow_upstream.sending["100/0_slow/original.bin"].wait, 10)
+            assert started, "the slow original never started downloading"
             await asyncio.sleep(0.5)  # the thumbnails' original is fetched (fast) and their renders are under way
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -600,7 +597,9 @@ async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_ups
         assert time.monotonic() - signalled < 20
         assert not part_files(cache), part_files(cache)
         counts = check_cache(cache)
-        assert counts["files"] == 2 and counts["blobs"] == 2  # results written behind were flushed at exit
+        huge = slow_upstream.files["100/0_huge/original.jpg"][0]
+        assert counts["originals"] == blocks_of(12 * MB) + blocks_of(len(huge))
+        assert counts["results"] == 2  # results written behind were flushed at exit
         assert "Traceback" not in server.output()
     finally:
         server.stop()
@@ -614,10 +613,7 @@ async def test_sigterm_with_a_hung_upstream_exits_in_bounded_time_and_removes_tm
         await server.wait_up()
         async with unlimited_session() as session:
             hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
-            deadline = time.monotonic() + 10
-            while not [p for p in part_files(cache) if _size(p) >= 4 * MB] and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert part_files(cache), "the hung original never started downloading"
+            assert await asyncio.to_thread(slow_upstream.stalled.wait, 10), "the hung original never started"
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             await wait_refused(server.port)
@@ -631,7 +627,7 @@ async def test_sigterm_with_a_hung_upstream_exits_in_bounded_time_and_removes_tm
         if not isinstance(answer[0], BaseException):  # an error answer is fine, a short 200 never
             assert answer[0][0] != 200, "a partial original was served"
         assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
-        assert check_cache(cache)["files"] == 0  # nothing of the hung original counts as cached
+        assert check_cache(cache)["originals"] == 0  # nothing of the hung original counts as cached
     finally:
         server.stop()
 
@@ -686,10 +682,8 @@ async def test_sigterm_to_the_supervisor_stops_every_worker_after_their_requests
         assert len(workers) == 2, workers
         async with unlimited_session() as session:
             raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
-            deadline = time.monotonic() + 10
-            while not part_files(cache) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert part_files(cache), "the slow original never started downloading"
+            started = await asyncio.to_thread(slow_upstream.sending["100/0_slow/original.bin"].wait, 10)
+            assert started, "the slow original never started downloading"
             family = descendants(server.pid)
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -720,10 +714,7 @@ async def test_sigterm_to_the_supervisor_with_a_hung_upstream_leaves_no_tmp_file
         await server.wait_up()
         async with unlimited_session() as session:
             hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
-            deadline = time.monotonic() + 10
-            while not [p for p in part_files(cache) if _size(p) >= 4 * MB] and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert part_files(cache), "the hung original never started downloading"
+            assert await asyncio.to_thread(slow_upstream.stalled.wait, 10), "the hung original never started"
             server.process.send_signal(signal.SIGTERM)
             code = await server.wait_exit(40)
             await asyncio.gather(hung, return_exceptions=True)

@@ -133,10 +133,10 @@ def count_renders(app) -> list[str]:
 
 
 async def cached_result_files(cache_dir: Path, body: bytes, timeout: float = 5.0) -> list[Path]:
-    """The disk-cache blobs holding `body` after their header (waits for the write behind the response)."""
+    """The disk-cache entries whose body is `body` (waits for the write behind the response)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [path for path in (cache_dir / "data").glob("*/*.blob") if path.read_bytes().endswith(body)]
+        found = [path for path in (cache_dir / "data").glob("*/*") if path.read_bytes().startswith(body)]
         if found or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.05)

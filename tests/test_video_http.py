@@ -23,7 +23,7 @@ from PIL import Image
 from fixtures.generate import colour_for_second, write_video
 from mediaproxy.services.thumbnail import BUNDLED_AUDIO_PLACEHOLDER
 
-from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw
+from .conftest import FIXTURE_MEDIA, cache_entries, make_config, make_entry, send_raw
 from .test_media_video import MP4_FORMAT, RANGE_COLOURS, RANGE_TOLERANCE, describe, second_of, top_level_atoms
 
 THUMB = "/p/100/sp/10000/thumbnail/entry_id"
@@ -124,10 +124,8 @@ def clip_size(body: bytes, tmp_path: Path) -> tuple[int, int]:
 
 
 def cached_clip_entries(tmp_path: Path) -> list[dict]:
-    """The sidecars of flvclipper clips in the disk cache of a server made by make_config(tmp_path)."""
-    sidecars = (tmp_path / "cache" / "data").glob("*/*.json")
-    records = [json.loads(path.read_text()) for path in sidecars]
-    return [record for record in records if record["key"].startswith("flvclipper|")]
+    """The flvclipper clips in the disk cache of a server made by make_config(tmp_path)."""
+    return [entry for entry in cache_entries(tmp_path / "cache") if entry["key"].startswith("flvclipper|")]
 
 
 # ------------------------------------------------------------------------------------------------ thumbnails: frames

@@ -1,392 +1,464 @@
-"""A byte-bounded LRU of files on disk that survives restarts and is never seen half-written.
+"""The node's disk cache: self-checking files in namespaces with their own byte budgets, one index for all workers.
 
-Two kinds of entries live under `data/ab/<sha256 of key>`:
-- files (originals, clips: served by path): a data file and a JSON sidecar `{key, size, digest, meta}`;
-- blobs (rendered results: read whole): one `.blob` file, a header with the same fields, then the bytes.
-Writes go to `tmp/` and are renamed into place (a file's data first, its sidecar last), so a reader sees a
-complete entry or none; an entry whose size or BLAKE2 digest does not match (a torn write, a disk fault, a hand
-edit) is treated as a miss and removed, so the caller rebuilds it. Several processes may share one directory:
-every operation tolerates a file that another process just replaced or evicted.
+    originals   blocks of originals read from an http origin (fixed-size pieces, see store/)
+    results     rendered thumbnails, remuxed clips
+    indexes     built clip indexes
+
+Each entry is one file under `data/ab/<sha256 of namespace|key>`: the body, then a trailer (a JSON header with the
+key, the body's size and BLAKE2 digest and the caller's meta; its length; the magic `MPB2`), so a body can be sent
+from offset 0 with sendfile. Files are written to `tmp/` and renamed into place under the shared index's write
+lock (`index.py`); a file whose trailer, size or digest does not match (a torn write, a disk fault, a hand edit) is
+a miss and is removed, so the caller fetches or rebuilds it. Readers keep what they opened: POSIX keeps an evicted
+file readable through an open descriptor, and one that is gone before it is opened is simply a miss.
+
+A write that fails (a full disk) is not an error for the request: the caller serves what it has without caching,
+the failure is logged at most once a minute, and `/healthz` reports the cache as degraded for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
+import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiofiles
-import aiofiles.os
+from .index import SharedIndex
 
 log = logging.getLogger(__name__)
 
-_TOUCH_INTERVAL = 3600.0  # seconds between persisting an entry's recency (the sidecar's mtime)
-_STALE_TMP_SECONDS = 3600.0  # older leftovers in tmp/ belong to no live writer
-_VERIFY_CHUNK = 1 << 20
-_BLOB_MAGIC = b"MPB1"
-_BLOB = ".blob"
+NAMESPACES = ("originals", "results", "indexes")
+_MAGIC = b"MPB2"
+_TRAILER_LIMIT = 1 << 20
+_VERIFY_ALWAYS_BELOW = 256 * 1024  # small bodies are checked on every read; larger ones once per process
+_STALE_TMP_SECONDS = 3600.0
+_DEGRADED_SECONDS = 60.0
+_TOUCH_SECONDS = 1.0  # recency of reads reaches the shared index in batches this often
+_SCAN_EVERY_SECONDS = 30.0  # workers starting together reconcile the index with the files once
+_LOCK_POLL_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
-class CachedFile:
-    path: Path
-    size: int
-    mtime_ns: int
-    digest: str  # BLAKE2b-128 of the bytes, hex
+class Blob:
+    body: bytes
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class TooBig(Exception):
-    """The stream passed the byte limit the caller set; nothing was stored."""
+@dataclass(frozen=True)
+class BlobFile:
+    """A checked entry to send from its file: bytes [0, size) of `path` are the body."""
 
-
-class SizeMismatch(Exception):
-    """The stream ended with another length than the caller expected; nothing was stored."""
+    path: Path
+    size: int
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class DiskCache:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, budgets: Mapping[str, int]) -> None:
         self.root = directory
-        self.max_bytes = max_bytes
         self._data = directory / "data"
         self._tmp = directory / "tmp"
-        self._index: OrderedDict[str, int] = OrderedDict()  # name → bytes, least recently used first
-        self._touched: dict[str, float] = {}
-        self._verified: set[tuple[str, int, int]] = set()  # (name, mtime_ns, size) whose digest was checked
-        self.total_bytes = 0
+        self.index = SharedIndex(directory / "index.sqlite", budgets)
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="mediaproxy-cache")  # every index change, in order
+        self._verified: set[tuple[str, int, int, int]] = set()  # (name, inode, mtime_ns, size) checked whole
+        self._used: dict[str, float] = {}  # names read since the last flush → when
+        self._used_lock = threading.Lock()
+        self._flusher: asyncio.Task | None = None
+        self._degraded_until = 0.0
+        self._degraded_reason = ""
+        self._last_failure_log = -_DEGRADED_SECONDS
+        self._lock_fd: int | None = None
 
-    # ----------------------------------------------------------------------------------------------- start-up
+    # ----------------------------------------------------------------------------------------------- life
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._scan)
+        await self._run(self._start)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_recency())
 
-    def _scan(self) -> None:
-        """Build the LRU index from what is on disk; drop leftovers of interrupted writes."""
+    def _start(self) -> None:
         self._data.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / "locks", os.O_RDWR | os.O_CREAT, 0o644)
         now = time.time()
         for leftover in self._tmp.iterdir():
             if not _writer_alive(leftover):
                 _unlink(leftover)  # its writer is gone (a crash, kill -9): it will never be finished
             else:
                 _remove_if_older(leftover, now - _STALE_TMP_SECONDS)
-        found: list[tuple[float, str, int]] = []
+        marker = self.root / "scanned"
+        with open(self.root / "scan.lock", "a") as scan_lock:
+            fcntl.flock(scan_lock, fcntl.LOCK_EX)
+            try:
+                if now - marker.stat().st_mtime < _SCAN_EVERY_SECONDS:
+                    return  # a worker starting beside this one has just done it
+            except FileNotFoundError:
+                pass
+            self._reconcile()
+            marker.touch()
+
+    def _reconcile(self) -> None:
+        """Make the index and the files agree: files the index lost are adopted, rows without a file are dropped,
+        and the budgets hold."""
+        known = self.index.names()
+        on_disk: set[str] = set()
+        adopted = []
         for shard in self._data.iterdir():
             if not shard.is_dir():
                 continue
             for path in shard.iterdir():
-                if path.suffix == _BLOB:
-                    try:
-                        stat = path.stat()
-                    except FileNotFoundError:
-                        continue
-                    found.append((stat.st_mtime, path.stem, stat.st_size))
-                elif path.suffix == ".json":
-                    data = path.with_suffix("")
-                    try:
-                        found.append((path.stat().st_mtime, path.stem, data.stat().st_size))
-                    except FileNotFoundError:
-                        _unlink(path)  # a sidecar without data
-                elif not path.with_suffix(".json").exists():
-                    _remove_if_older(path, now - _STALE_TMP_SECONDS)  # data whose sidecar was never written
-        for _, name, size in sorted(found):
-            self._index[name] = size
-            self.total_bytes += size
-        self._delete_many(self._choose_victims())
+                on_disk.add(path.name)
+                if path.name in known:
+                    continue
+                trailer = _read_trailer(path)
+                if trailer is None or trailer[0].get("ns") not in NAMESPACES:
+                    _unlink(path)
+                    continue
+                stat = path.stat()
+                adopted.append((trailer[0]["ns"], path.name, stat.st_size, stat.st_mtime))
+        self.index.adopt(adopted)
+        self.index.remove(name for name in known if name not in on_disk)
+        for name in self.index.shrink_to_budgets():
+            _unlink(self._path(name))
 
     async def close(self) -> None:
-        """At shutdown: remove this process's unfinished temporary files (a write still stuck will never land)."""
-        await asyncio.to_thread(self._remove_own_tmp)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self._run(self._close)
+        self._io.shutdown(wait=False)
 
-    def _remove_own_tmp(self) -> None:
-        for leftover in self._tmp.glob(f"{os.getpid()}-*.part"):
+    def _close(self) -> None:
+        self._write_recency()
+        for leftover in self._tmp.glob(f"{os.getpid()}-*.part"):  # this process's unfinished writes
             _unlink(leftover)
+        self.index.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ----------------------------------------------------------------------------------------------- reading
 
-    async def open(self, key: str, *, verify: bool = True) -> CachedFile | None:
-        """The complete entry for key, or None. With verify, its digest is checked once per process."""
-        name = _name(key)
-        entry = await asyncio.to_thread(self._open_sync, name, key, verify)
-        return self._looked_up(name, entry)
+    async def read(self, namespace: str, key: str) -> Blob | None:
+        return await asyncio.to_thread(self.read_sync, namespace, key)
 
-    def _open_sync(self, name: str, key: str, verify: bool) -> CachedFile | None | _Broken:
-        data, sidecar = self._paths(name)
+    def read_sync(self, namespace: str, key: str) -> Blob | None:
+        """The entry's body and meta, checked; None when absent or damaged (then removed). Any thread."""
+        name = _name(namespace, key)
+        path = self._path(name)
         try:
-            record = json.loads(sidecar.read_bytes())
-            stat = data.stat()
+            with open(path, "rb") as file:
+                stat = os.fstat(file.fileno())
+                raw = file.read()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return self._broken(name, "unreadable sidecar")
-        if not isinstance(record, dict) or record.get("key") != key or record.get("size") != stat.st_size:
-            return self._broken(name, "size or key does not match its sidecar")
-        if verify and (name, stat.st_mtime_ns, stat.st_size) not in self._verified:
-            if _file_digest(data) != record.get("digest"):
+        except OSError as error:
+            return self._broken(name, f"unreadable ({error.strerror})")
+        parsed = _split(raw)
+        if parsed is None:
+            return self._broken(name, "no valid trailer")
+        header, body = parsed
+        if header.get("key") != key or header.get("ns") != namespace:
+            return self._broken(name, "trailer of another key")
+        checked = (name, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if len(body) < _VERIFY_ALWAYS_BELOW or checked not in self._verified:
+            if hashlib.blake2b(body, digest_size=16).hexdigest() != header.get("digest"):
                 return self._broken(name, "digest does not match")
-            self._verified.add((name, stat.st_mtime_ns, stat.st_size))
-        return CachedFile(data, stat.st_size, stat.st_mtime_ns, str(record.get("digest")), record.get("meta") or {})
+            if len(body) >= _VERIFY_ALWAYS_BELOW:
+                self._verified.add(checked)
+        self._mark_used(name)
+        return Blob(body, header.get("meta") or {})
 
-    def known(self, key: str) -> bool:
-        """Whether this process has seen the entry (at start-up or since). False may still be on disk, written by
-        another worker: callers that can rebuild cheaply use it to skip a disk lookup that would miss."""
-        return _name(key) in self._index
+    async def open_file(self, namespace: str, key: str) -> BlobFile | None:
+        """The entry as a file to send (checked whole once per process), or None."""
+        return await asyncio.to_thread(self._open_file_sync, namespace, key)
 
-    async def read_blob(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
-        """A blob's bytes and meta (digest checked on every read), or None."""
-        name = _name(key)
-        found = self._looked_up(name, await asyncio.to_thread(self._read_blob_sync, name, key))
-        return None if found is None else (found[0], found[1])
-
-    def _read_blob_sync(self, name: str, key: str) -> tuple[bytes, dict[str, Any], int] | None | _Broken:
+    def _open_file_sync(self, namespace: str, key: str) -> BlobFile | None:
+        name = _name(namespace, key)
+        path = self._path(name)
         try:
-            raw = self._blob_path(name).read_bytes()
+            stat = path.stat()
         except FileNotFoundError:
             return None
-        except OSError:
-            return self._broken(name, "unreadable blob")
-        try:
-            if raw[:4] != _BLOB_MAGIC:
-                raise ValueError("no blob header")
-            header_end = 8 + int.from_bytes(raw[4:8], "big")
-            record = json.loads(raw[8:header_end])
-            body = raw[header_end:]
-        except ValueError:
-            return self._broken(name, "unreadable blob header")
-        if (not isinstance(record, dict) or record.get("key") != key or record.get("size") != len(body)
-                or hashlib.blake2b(body, digest_size=16).hexdigest() != record.get("digest")):
-            return self._broken(name, "blob does not match its header")
-        return body, record.get("meta") or {}, len(raw)
-
-    def _broken(self, name: str, reason: str) -> _Broken:
-        """(worker thread) remove a damaged entry's files; the event loop forgets it in `_looked_up`."""
-        log.warning("disk cache: removing damaged entry %s: %s", name, reason)
-        self._delete_files(name)
-        return _BROKEN
-
-    def _looked_up(self, name: str, found):
-        if found is None or found is _BROKEN:  # gone (evicted by another process, or damaged and removed)
-            self.total_bytes -= self._index.pop(name, 0)
+        checked = (name, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if checked in self._verified:
+            trailer = _read_trailer(path)
+            if trailer is not None and trailer[0].get("key") == key:
+                self._mark_used(name)
+                return BlobFile(path, trailer[1], trailer[0].get("meta") or {})
+        blob = self.read_sync(namespace, key)  # reads and checks it whole, once
+        if blob is None:
             return None
-        if found is not None:
-            self._used(name, found.size if isinstance(found, CachedFile) else found[2])
-        return found
+        self._verified.add(checked)
+        return BlobFile(path, len(blob.body), blob.meta)
+
+    def _broken(self, name: str, reason: str) -> None:
+        log.warning("disk cache: removing damaged entry %s: %s", name, reason)
+        _unlink(self._path(name))
+        self._io.submit(self.index.remove, [name])
+        return None
+
+    def _mark_used(self, name: str) -> None:
+        with self._used_lock:
+            self._used[name] = time.time()
+
+    async def _flush_recency(self) -> None:
+        while True:
+            await asyncio.sleep(_TOUCH_SECONDS)
+            await self._run(self._write_recency)
+
+    def _write_recency(self) -> None:
+        with self._used_lock:
+            used, self._used = self._used, {}
+        try:
+            self.index.touch(used)
+        except Exception as error:  # noqa: BLE001 - recency is best effort (a full disk, a locked database)
+            self._failed("recording recency", error)
 
     # ----------------------------------------------------------------------------------------------- writing
 
-    async def store_blobs(self, blobs: list[tuple[str, bytes, dict[str, Any]]]) -> None:
-        """Write (key, bytes, meta) blobs in one trip to a worker thread (results are written in batches).
+    async def write(self, namespace: str, items: list[tuple[str, bytes, dict[str, Any]]],
+                    owner: str | None = None) -> bool:
+        """Store (key, body, meta) entries; False when the disk refused (logged; the caller carries on)."""
+        return await self._run(self._write_items, namespace, items, owner)
 
-        A failure (a full disk) stops the batch and is raised; what was written before it counts.
-        """
-        written, error = await asyncio.to_thread(self._store_blobs_sync, blobs)
-        if written:
-            self._added(*written)
-        if error is not None:
-            raise error
-
-    def _store_blobs_sync(self, blobs: list[tuple[str, bytes, dict[str, Any]]]
-                          ) -> tuple[list[tuple[str, int]], OSError | None]:
-        written = []
-        for key, body, meta in blobs:
-            name = _name(key)
-            header = json.dumps({"key": key, "size": len(body), "digest": hashlib.blake2b(body, digest_size=16)
-                                 .hexdigest(), "meta": meta}).encode()
+    def _write_items(self, namespace: str, items, owner: str | None) -> bool:
+        for key, body, meta in items:
             tmp = None
             try:
-                tmp = self._write_tmp(b"".join((_BLOB_MAGIC, len(header).to_bytes(4, "big"), header, body)))
-                target = self._blob_path(name)
-                try:
-                    os.replace(tmp, target)
-                except FileNotFoundError:  # the first entry of its shard
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, target)
-            except OSError as error:
+                tmp = self._write_tmp(body, _trailer(namespace, key, body, meta))
+                self._commit(namespace, key, tmp, owner)
+            except Exception as error:  # noqa: BLE001 - OSError, or sqlite's "database or disk is full"
                 if tmp is not None:
                     _unlink(tmp)
-                return written, error
-            written.append((name, 8 + len(header) + len(body)))
-        return written, None
+                self._failed(f"writing {namespace}", error)
+                return False
+        return True
 
-    async def store_stream(self, key: str, chunks: AsyncIterator[bytes], meta: dict[str, Any] | None = None, *,
-                           expected_size: int | None = None, max_bytes: int | None = None,
-                           mtime: float | None = None) -> CachedFile:
-        """Write a stream (an upstream body) into the cache, dated `mtime` (e.g. the upstream's Last-Modified).
-
-        Raises TooBig / SizeMismatch, storing nothing.
-        """
-        name = _name(key)
+    async def write_file(self, namespace: str, key: str, produce: Callable[[Path], dict | None], *,
+                         run: Callable | None = None, owner: str | None = None) -> BlobFile:
+        """Let `produce(tmp_path)` write a body (e.g. a remux, run by `run` on a worker pool), then commit it with
+        its trailer; a dict it returns becomes the meta. Raises OSError when the disk refuses (after logging)."""
         tmp = self._tmp_path()
-        await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
+        try:
+            await self._run(self._tmp.mkdir, parents=True, exist_ok=True)
+            meta = await (asyncio.to_thread(produce, tmp) if run is None else run(produce, tmp))
+            return await self._run(self._commit_produced, namespace, key, tmp, meta if isinstance(meta, dict) else {},
+                                   owner)
+        except OSError as error:
+            await asyncio.to_thread(_unlink, tmp)
+            self._failed(f"writing {namespace}", error)
+            raise
+        except BaseException:
+            await asyncio.to_thread(_unlink, tmp)
+            raise
+
+    def _commit_produced(self, namespace: str, key: str, tmp: Path, meta: dict, owner: str | None) -> BlobFile:
         digest = hashlib.blake2b(digest_size=16)
         size = 0
+        with open(tmp, "r+b") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+            file.write(_trailer_bytes(namespace, key, size, digest.hexdigest(), meta))
+        self._commit(namespace, key, tmp, owner)
+        path = self._path(_name(namespace, key))
+        stat = path.stat()
+        self._verified.add((path.name, stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        return BlobFile(path, size, meta)
+
+    def _commit(self, namespace: str, key: str, tmp: Path, owner: str | None) -> None:
+        name = _name(namespace, key)
+        target = self._path(name)
+
+        def into_place() -> None:
+            try:
+                os.replace(tmp, target)
+            except FileNotFoundError:  # the first entry of its shard
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+
         try:
-            async with aiofiles.open(tmp, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise TooBig(f"more than {max_bytes} bytes")
-                    digest.update(chunk)
-                    await out.write(chunk)
-            if expected_size is not None and size != expected_size:
-                raise SizeMismatch(f"got {size} bytes, expected {expected_size}")
-            entry = await asyncio.to_thread(self._commit, name, key, tmp, size, digest.hexdigest(), meta or {}, mtime)
+            victims = self.index.add(namespace, name, tmp.stat().st_size, owner, into_place)
         except BaseException:
-            await asyncio.to_thread(_unlink, tmp)
+            if not tmp.exists():  # in place, but the index refused (a full disk): not a cache entry
+                _unlink(target)
             raise
-        self._added((name, entry.size))
-        return entry
+        for victim in victims:
+            _unlink(self._path(victim))
 
-    async def store_file(self, key: str, write: Callable[[Path], dict | None], meta: dict[str, Any] | None = None,
-                         *, run: Callable | None = None) -> CachedFile:
-        """Let `write(tmp_path)` produce the file (e.g. a remux, run by `run` on a worker pool), then commit it.
-
-        A dict that `write` returns is added to the entry's meta.
-        """
-        name = _name(key)
+    def _write_tmp(self, body: bytes, trailer: bytes) -> Path:
         tmp = self._tmp_path()
-        await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
         try:
-            written = await (asyncio.to_thread(write, tmp) if run is None else run(write, tmp))
-            meta = {**(meta or {}), **(written if isinstance(written, dict) else {})}
-            entry = await asyncio.to_thread(self._commit_written, name, key, tmp, meta)
+            file = open(tmp, "wb")
+        except FileNotFoundError:  # tmp/ was removed under us
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            file = open(tmp, "wb")
+        try:
+            with file:
+                file.write(body)
+                file.write(trailer)
         except BaseException:
-            await asyncio.to_thread(_unlink, tmp)
+            _unlink(tmp)
             raise
-        self._added((name, entry.size))
-        return entry
-
-    def _commit_written(self, name: str, key: str, tmp: Path, meta: dict[str, Any]) -> CachedFile:
-        return self._commit(name, key, tmp, tmp.stat().st_size, _file_digest(tmp), meta)
-
-    def _commit(self, name: str, key: str, tmp: Path, size: int, digest: str, meta: dict[str, Any],
-                mtime: float | None = None) -> CachedFile:
-        data, sidecar = self._paths(name)
-        _unlink(sidecar)  # a reader must never pair the old sidecar with the new data
-        try:
-            os.replace(tmp, data)
-        except FileNotFoundError:  # the first entry of its shard
-            data.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, data)
-        sidecar_tmp = self._write_tmp(json.dumps({"key": key, "size": size, "digest": digest, "meta": meta}).encode())
-        os.replace(sidecar_tmp, sidecar)
-        if mtime is not None:  # dated only now: until its sidecar exists, new data must not look like an old orphan
-            os.utime(data, (mtime, mtime))
-        stat = data.stat()
-        self._verified.add((name, stat.st_mtime_ns, stat.st_size))
-        return CachedFile(data, size, stat.st_mtime_ns, digest, meta)
+        return tmp
 
     def _tmp_path(self) -> Path:
         return self._tmp / f"{os.getpid()}-{uuid.uuid4().hex}.part"  # the writer's pid: see _writer_alive
 
-    def _write_tmp(self, body: bytes) -> Path:
-        tmp = self._tmp_path()
-        try:
-            tmp.write_bytes(body)
-        except FileNotFoundError:  # tmp/ was removed under us (it is made at start())
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(body)
-        return tmp
-
     # ----------------------------------------------------------------------------------------------- upkeep
 
-    async def discard(self, key: str) -> None:
-        name = _name(key)
-        self.total_bytes -= self._index.pop(name, 0)
-        await asyncio.to_thread(self._delete_files, name)
+    async def discard(self, namespace: str, key: str) -> None:
+        name = _name(namespace, key)
+        await self._run(self._discard, [name])
 
-    def _paths(self, name: str) -> tuple[Path, Path]:
-        data = self._data / name[:2] / name
-        return data, data.with_suffix(".json")
-
-    def _used(self, name: str, size: int) -> None:
-        if name in self._index:
-            self._index.move_to_end(name)
-        else:  # written by another process sharing the directory
-            self._index[name] = size
-            self.total_bytes += size
-        now = time.monotonic()
-        if now - self._touched.get(name, -math.inf) > _TOUCH_INTERVAL:
-            self._touched[name] = now  # recency survives a restart as the mtime of the sidecar (files) or blob
-            for path in (self._paths(name)[1], self._blob_path(name)):
-                try:
-                    os.utime(path)
-                    break
-                except OSError:
-                    continue
-
-    def _added(self, *entries: tuple[str, int]) -> None:
-        """Count freshly written (name, size) entries, then evict for them (them last, the newest never)."""
-        now = time.monotonic()
-        for name, size in entries:
-            self.total_bytes += size - self._index.pop(name, 0)
-            self._index[name] = size
-            self._touched[name] = now
-        victims = self._choose_victims(keep=[name for name, _ in entries])
-        if victims:
-            asyncio.get_running_loop().run_in_executor(None, self._delete_many, victims)
-
-    def _choose_victims(self, keep: list[str] = ()) -> list[str]:
-        """Forget least recently used entries until 90% of the budget is left; the caller deletes their files.
-
-        Entries in `keep` (just written, oldest first) go only when everything else has gone, and the last never:
-        a caller is about to use it.
-        """
-        if self.total_bytes <= self.max_bytes:
-            return []
-        target = int(self.max_bytes * 0.9)
-        protected = set(keep)
-        order = [name for name in self._index if name not in protected] + [n for n in keep[:-1] if n in self._index]
-        victims = []
-        for name in order:
-            if self.total_bytes <= target:
-                break
-            self.total_bytes -= self._index.pop(name)
-            self._touched.pop(name, None)
-            victims.append(name)
-        return victims
-
-    def _delete_many(self, names: list[str]) -> None:
+    def _discard(self, names: list[str]) -> None:
+        self.index.remove(names)
         for name in names:
-            self._delete_files(name)
+            _unlink(self._path(name))
 
-    def _blob_path(self, name: str) -> Path:
-        return self._data / name[:2] / (name + _BLOB)
+    async def drop_owned(self, owner: str) -> int:
+        """Remove every entry derived from `owner` (an original that changed, or was purged); returns how many."""
+        def drop() -> int:
+            names = self.index.remove_owned(owner)
+            for name in names:
+                _unlink(self._path(name))
+            return len(names)
+        return await self._run(drop)
 
-    def _delete_files(self, name: str) -> None:
-        data, sidecar = self._paths(name)
-        _unlink(sidecar)
-        _unlink(data)
-        _unlink(self._blob_path(name))
+    async def total(self, namespace: str) -> int:
+        return await self._run(self.index.total, namespace)
+
+    # ----------------------------------------------------------------------------------------------- shared facts
+
+    async def located(self, key: str) -> tuple[dict, float] | None:
+        try:
+            return await self._run(self.index.located, key)
+        except Exception as error:  # noqa: BLE001 - the shared memo is an optimisation
+            self._failed("reading the index", error)
+            return None
+
+    async def remember_located(self, key: str, value: dict, checked: float) -> None:
+        try:
+            await self._run(self.index.locate, key, value, checked)
+        except Exception as error:  # noqa: BLE001
+            self._failed("writing the index", error)
+
+    async def forget_located(self, prefix: str) -> None:
+        await self._run(self.index.forget_located, prefix)
+
+    @asynccontextmanager
+    async def exclusive(self, key: str, timeout: float):
+        """Hold the node-wide lock of `key` (a byte-range lock: released by the kernel if its holder dies), waiting
+        for another process that holds it; yields whether it was got within `timeout` (False: go on without it)."""
+        offset = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 2
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        got = False
+        while self._lock_fd is not None:
+            try:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                got = True
+                break
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN) or loop.time() > deadline:
+                    break
+            await asyncio.sleep(_LOCK_POLL_SECONDS)
+        try:
+            yield got
+        finally:
+            if got and self._lock_fd is not None:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
+
+    # ----------------------------------------------------------------------------------------------- health
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the cache is not storing (a full disk...), while that is recent; else None."""
+        return self._degraded_reason if time.monotonic() < self._degraded_until else None
+
+    def _failed(self, doing: str, error: BaseException) -> None:
+        now = time.monotonic()
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        self._degraded_until = now + _DEGRADED_SECONDS
+        self._degraded_reason = f"{doing}: {reason}"
+        if now - self._last_failure_log >= _DEGRADED_SECONDS:
+            self._last_failure_log = now
+            log.warning("disk cache: %s failed (%s); serving without caching", doing, reason)
+
+    # ----------------------------------------------------------------------------------------------- helpers
+
+    async def _run(self, function, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._io, lambda: function(*args, **kwargs))
+
+    def _path(self, name: str) -> Path:
+        return self._data / name[:2] / name
 
 
-class _Broken:
-    pass
+def _name(namespace: str, key: str) -> str:
+    return hashlib.sha256(f"{namespace}|{key}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
-_BROKEN = _Broken()
+def _trailer(namespace: str, key: str, body: bytes, meta: dict) -> bytes:
+    return _trailer_bytes(namespace, key, len(body), hashlib.blake2b(body, digest_size=16).hexdigest(), meta)
 
 
-def _name(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+def _trailer_bytes(namespace: str, key: str, size: int, digest: str, meta: dict) -> bytes:
+    header = json.dumps({"ns": namespace, "key": key, "size": size, "digest": digest, "meta": meta},
+                        separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return header + len(header).to_bytes(4, "big") + _MAGIC
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as source:
-        while chunk := source.read(_VERIFY_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _split(raw: bytes) -> tuple[dict, bytes] | None:
+    """(header, body) of a whole entry file, or None when its trailer does not hold together."""
+    if len(raw) < 8 or raw[-4:] != _MAGIC:
+        return None
+    length = int.from_bytes(raw[-8:-4], "big")
+    if length > min(_TRAILER_LIMIT, len(raw) - 8):
+        return None
+    header = _parse_header(raw[-8 - length:-8])
+    if header is None or header.get("size") != len(raw) - 8 - length:
+        return None
+    return header, raw[:header["size"]]
+
+
+def _read_trailer(path: Path) -> tuple[dict, int] | None:
+    """(header, body size) from the end of an entry file, without reading its body."""
+    try:
+        with open(path, "rb") as file:
+            end = file.seek(0, os.SEEK_END)
+            if end < 8:
+                return None
+            file.seek(end - 8)
+            tail = file.read(8)
+            length = int.from_bytes(tail[:4], "big")
+            if tail[4:] != _MAGIC or length > min(_TRAILER_LIMIT, end - 8):
+                return None
+            file.seek(end - 8 - length)
+            header = _parse_header(file.read(length))
+    except OSError:
+        return None
+    if header is None or header.get("size") != end - 8 - length:
+        return None
+    return header, header["size"]
+
+
+def _parse_header(raw: bytes) -> dict | None:
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return header if isinstance(header, dict) and isinstance(header.get("size"), int) else None
 
 
 def _unlink(path: Path) -> None:

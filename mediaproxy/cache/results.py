@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -12,7 +11,6 @@ from .disk import DiskCache
 from .memory import MemoryCache
 from .singleflight import SingleFlight
 
-log = logging.getLogger(__name__)
 _MAX_UNWRITTEN = 2000  # results waiting for the disk; past that (a stalled disk) new ones stay in memory only
 
 
@@ -47,20 +45,17 @@ class ResultCache:
 
     async def _load_or_make(self, key: str, make: Callable[[], Awaitable[Result]],
                             persist: bool) -> tuple[Result, str]:
-        disk_key = f"result|{key}"
-        # a result another worker wrote since start-up is rendered again here: cheaper than a disk lookup per miss
-        found = await self.disk.read_blob(disk_key) if self.disk.known(disk_key) else None
+        found = await self.disk.read("results", key)
         metrics.CACHE.labels("disk", "miss" if found is None else "hit").inc()
         if found is not None:
-            body, meta = found
-            result = Result(body, meta.get("content_type", "application/octet-stream"), meta.get("extra", {}))
+            meta = found.meta
+            result = Result(found.body, meta.get("content_type", "application/octet-stream"), meta.get("extra", {}))
             self.memory.put(("result", key), result)
             return result, "disk"
         result = await make()
         self.memory.put(("result", key), result)
         if persist and len(self._unwritten) < _MAX_UNWRITTEN:  # written behind the response, in batches
-            self._unwritten.append((disk_key, result.body, {"content_type": result.content_type,
-                                                            "extra": result.meta}))
+            self._unwritten.append((key, result.body, {"content_type": result.content_type, "extra": result.meta}))
             if self._writer is None:
                 self._writer = asyncio.create_task(self._write_behind())
         return result, "render"
@@ -69,10 +64,7 @@ class ResultCache:
         try:
             while self._unwritten:
                 batch, self._unwritten = self._unwritten, []
-                try:
-                    await self.disk.store_blobs(batch)
-                except OSError as error:
-                    log.warning("could not write %d results to the disk cache: %s", len(batch), error)
+                await self.disk.write("results", batch)  # a full disk: logged there; the results stay in memory
         finally:
             self._writer = None
 

@@ -15,15 +15,15 @@ from aiohttp import web
 from ..config import Config
 from ..errors import MediaProxyError
 from ..media.probe import MediaKind
-from ..refs import ID_PATTERN, EntryRef
+from ..origins.base import ListedEntry, Origin
 from ..services.sources import Sources
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def add_console(app: web.Application, config: Config, sources: Sources) -> None:
-    catalogue = Catalogue(config, sources)
+def add_console(app: web.Application, config: Config, origin: Origin, sources: Sources) -> None:
+    catalogue = Catalogue(config, origin, sources)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -37,50 +37,33 @@ def add_console(app: web.Application, config: Config, sources: Sources) -> None:
 
 
 class Catalogue:
-    """The entries of the origin: a local root is listed; an http origin's come from `[console] entries_file`."""
+    """The entries the origin can list (a local root's folders; an http origin's `[console] entries_file`)."""
 
-    def __init__(self, config: Config, sources: Sources) -> None:
+    def __init__(self, config: Config, origin: Origin, sources: Sources) -> None:
         self.config = config
+        self.origin = origin
         self.sources = sources
 
-    def refs(self) -> list[EntryRef]:
-        if self.config.origin.kind == "local":
-            root = self.config.origin.root
-            found = []
-            for partner in sorted(root.iterdir(), key=lambda path: path.name):
-                if partner.is_dir() and partner.name.lstrip("-").isdigit():
-                    found += [EntryRef(int(partner.name), entry.name) for entry in sorted(partner.iterdir())
-                              if entry.is_dir() and ID_PATTERN.match(entry.name)]
-            return found
-        listing = self.config.console.entries_file
-        if listing is None:
-            return []
-        found = []
-        for line in listing.read_text(encoding="utf-8").splitlines():
-            partner, _, entry = line.strip().partition("/")
-            if partner.lstrip("-").isdigit() and ID_PATTERN.match(entry):
-                found.append(EntryRef(int(partner), entry))
-        return found
-
     async def describe(self) -> dict:
-        refs = await asyncio.to_thread(self.refs)
-        described = await asyncio.gather(*(self._entry(ref) for ref in refs))
+        listed = await self.origin.list_entries()
+        described = await asyncio.gather(*(self._entry(entry) for entry in listed))
         partners: dict[int, list[dict]] = {}
-        for ref, entry in zip(refs, described):
-            partners.setdefault(ref.partner_id, []).append(entry)
+        for entry, description in zip(listed, described):
+            partners.setdefault(entry.ref.partner_id, []).append(description)
         return {"partners": [{"partner_id": partner, "requires_ks": self.config.partner(partner).ks_required_for,
                               "entries": entries} for partner, entries in partners.items()]}
 
-    async def _entry(self, ref: EntryRef) -> dict:
+    async def _entry(self, listed: ListedEntry) -> dict:
+        ref = listed.ref
         entry = {"partner_id": ref.partner_id, "entry_id": ref.entry_id}
         try:
             source = await self.sources.get(ref)
         except MediaProxyError as error:
             return {**entry, "kind": "error", "error": error.message}
-        media, original = source.media, source.original
-        entry.update(name=original.manifest.name or ref.entry_id, kind=str(media.kind), mime=media.mime_type,
-                     bytes=original.size, width=media.width, height=media.height,
-                     duration=round(media.duration, 3), flavors=self._flavors(ref, original.manifest.flavors))
+        media, file = source.media, source.file
+        entry.update(name=file.manifest.name or ref.entry_id, kind=str(media.kind), mime=media.mime_type,
+                     bytes=file.size, width=media.width, height=media.height, duration=round(media.duration, 3),
+                     flavors=sorted({*listed.flavors, *file.manifest.flavors}))
         if media.kind is MediaKind.VIDEO:
             try:
                 info = await self.sources.video_info(source)
@@ -88,13 +71,3 @@ class Catalogue:
             except MediaProxyError as error:
                 entry["error"] = error.message
         return entry
-
-    def _flavors(self, ref: EntryRef, listed) -> list[str]:
-        flavors = set(listed)
-        if self.config.origin.kind == "local":
-            folder = self.config.origin.root / str(ref.partner_id) / ref.entry_id
-            for path in folder.glob("flavor_*.*"):
-                flavor = path.stem.removeprefix("flavor_")
-                if ID_PATTERN.match(flavor):
-                    flavors.add(flavor)
-        return sorted(flavors)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
+from typing import BinaryIO
 
 import av
 from PIL import Image
@@ -42,17 +42,19 @@ _IMAGE_FORMATS = {
 _MP4_FAMILY = "mov,mp4,m4a,3gp,3g2,mj2"
 
 
-def probe(path: Path, name_hint: str = "") -> MediaInfo:
-    """Identify a file. `name_hint` (its name at the origin) only picks among equivalent extensions (mov/mp4)."""
-    image = _probe_image(path)
+def probe(source: BinaryIO, name_hint: str = "") -> MediaInfo:
+    """Identify a file (a seekable binary file object). `name_hint` (its name at the origin) only picks among
+    equivalent extensions (mov/mp4)."""
+    image = _probe_image(source)
     if image is not None:
         return image
-    return _probe_av(path, name_hint.rpartition(".")[2].lower()) or OTHER
+    source.seek(0)
+    return _probe_av(source, name_hint.rpartition(".")[2].lower()) or OTHER
 
 
-def _probe_image(path: Path) -> MediaInfo | None:
+def _probe_image(source: BinaryIO) -> MediaInfo | None:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             known = _IMAGE_FORMATS.get(image.format or "")
             if known is None:
                 return None
@@ -71,9 +73,9 @@ def _jpeg_orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _probe_av(path: Path, hinted_extension: str) -> MediaInfo | None:
+def _probe_av(source: BinaryIO, hinted_extension: str) -> MediaInfo | None:
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(source, metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
         return None
     with container:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -78,7 +78,7 @@ def _render_decoded(request: ThumbnailRequest, decoded: Decoded, plan: Plan, set
     return _encode(request, picture, settings, decoded.info, clock)
 
 
-def render_video(request: ThumbnailRequest, path: Path, times: list[float], display_size: tuple[int, int],
+def render_video(request: ThumbnailRequest, source: BinaryIO, times: list[float], display_size: tuple[int, int],
                  settings: RenderSettings, keyframes: tuple[float, ...] | None = None) -> Rendered:
     """Frames at `times` (one, or a strip), grabbed already shrunk to the detail the plan needs."""
     clock = _Clock()
@@ -86,7 +86,7 @@ def render_video(request: ThumbnailRequest, path: Path, times: list[float], disp
     width, height = plan.output_size
     if len(times) > 1 and width * len(times) >= STRIP_LIMIT:
         raise BadRequest(f"vid_slices: a strip of {len(times)} frames {width} wide is too large (limit {STRIP_LIMIT})")
-    frames = grab_frames(path, times, min(1.0, plan.scale), keyframes)
+    frames = grab_frames(source, times, min(1.0, plan.scale), keyframes)
     clock.lap("decode")
     return render_pictures(request, frames, display_size, settings, clock)
 

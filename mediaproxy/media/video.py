@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
@@ -35,12 +36,12 @@ class VideoInfo:
     audio_codec: str | None
 
 
-def probe_video(path: Path) -> VideoInfo:
+def probe_video(source: Path | BinaryIO) -> VideoInfo:
     """What frame grabs and clips need to know, read once per original (the caller caches it).
 
     The first frame is decoded: only a decoded frame tells the rotation a phone recorded.
     """
-    with _open(path) as container:
+    with _open(source) as container:
         stream = _video_stream(container)
         time_base = stream.time_base or Fraction(1, 1000)
         duration = container.duration / av.time_base if container.duration else 0.0
@@ -59,7 +60,7 @@ def probe_video(path: Path) -> VideoInfo:
                          video_codec=stream.codec_context.name, audio_codec=audio)
 
 
-def grab_frames(path: Path, times: list[float], scale: float = 1.0,
+def grab_frames(source: Path | BinaryIO, times: list[float], scale: float = 1.0,
                 keyframes: tuple[float, ...] | None = None) -> list[Image.Image]:
     """The frames shown at `times` (seconds from the start), in the order asked, as upright RGB images.
 
@@ -70,7 +71,7 @@ def grab_frames(path: Path, times: list[float], scale: float = 1.0,
     """
     order = sorted(range(len(times)), key=lambda index: times[index])
     found: dict[int, Image.Image] = {}
-    with _open(path) as container:
+    with _open(source) as container:
         stream = _video_stream(container)
         stream.thread_type = "SLICE"  # frame threading would hold each frame back by a thread count of frames
         time_base = stream.time_base or Fraction(1, 1000)
@@ -220,9 +221,9 @@ def frame_times(info: VideoInfo, *, vid_sec: float | None, thumb_offset: float |
     return [min(max(vid_sec, 0.0), duration)]
 
 
-def _open(path: Path):
+def _open(source: Path | BinaryIO):
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return av.open(str(source) if isinstance(source, Path) else source, metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError) as error:
         raise Unprocessable(f"the video cannot be opened ({_reason(error)})") from None
 
@@ -250,7 +251,7 @@ _FLV_CODECS = {"h264", "flv1", "vp6f", "vp6", "vp6a", "aac", "mp3", "nellymoser"
                "adpcm_swf"}
 
 
-def cut_clip(source: Path, target: Path, start: float, end: float | None, output: str) -> Clip:
+def cut_clip(source: Path | BinaryIO, target: Path, start: float, end: float | None, output: str) -> Clip:
     """Copy the packets from the keyframe at or before `start` to `end` (None: the end) into `target`.
 
     Timestamps are rebased so the clip starts at 0, audio kept with the video it played beside; MP4 is written

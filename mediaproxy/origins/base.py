@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -34,30 +34,90 @@ class EntryManifest:
 
 
 @dataclass(frozen=True)
-class Original:
-    """One file of an entry (its original, a version or a flavor), readable on local disk."""
+class EntryFile:
+    """One file of an entry (its original, a version or a flavor), as its origin describes it."""
 
     ref: EntryRef
     file_name: str  # its name at the origin: "original.jpg", "flavor_0_abc.mp4"
-    path: Path
     size: int
     mtime: float  # last modified at the origin
     identity: str  # changes whenever the bytes may have; part of every key derived from this file
     manifest: EntryManifest
+    path: Path | None = None  # a local origin's file
+    url: str | None = None  # an http origin's file, with the validators its blocks are fetched under
+    etag: str | None = None
+    last_modified: str | None = None
 
     @property
     def extension(self) -> str:
         return self.file_name.rpartition(".")[2].lower() if "." in self.file_name else ""
 
+    @property
+    def owner(self) -> str:
+        """What everything cached from this file is filed under (dropped together when it changes)."""
+        return f"{self.ref.partner_id}/{self.ref.entry_id}/{self.file_name}|{self.identity}"
+
+
+@dataclass(frozen=True)
+class ListedEntry:
+    ref: EntryRef
+    flavors: tuple[str, ...] = ()  # flavor ids the listing shows (an entry.json may name more)
+
+
+class OriginalChanged(UpstreamFailed):
+    """The origin's file changed (or went) while it was being read: nothing read so far may be stitched to more."""
+
+    def __init__(self, file: EntryFile) -> None:
+        super().__init__(f"the original of {file.ref.entry_id} changed while it was read; try again")
+        self.file = file
+
 
 class Origin(Protocol):
-    async def fetch(self, ref: EntryRef, selector: FileSelector) -> Original:
-        """The selected file, on local disk. Raises EntryNotFound, FlavorNotFound, UpstreamFailed, TooLarge."""
+    remote: bool  # files are read by range through the disk cache (http), not opened directly (local)
+
+    async def locate(self, ref: EntryRef, selector: FileSelector) -> EntryFile:
+        """The selected file. Raises EntryNotFound, FlavorNotFound, UpstreamFailed, TooLarge."""
+
+    async def read_range(self, file: EntryFile, start: int, end: int) -> bytes:
+        """Bytes [start, end] of a remote file, as it was when located. Raises OriginalChanged, RangesIgnored,
+        UpstreamFailed."""
+
+    def read_whole(self, file: EntryFile) -> AsyncIterator[bytes]:
+        """The whole remote file, for upstreams that ignore Range."""
+
+    async def list_entries(self) -> list[ListedEntry]:
+        """The entries the origin can name (a local folder's; an http origin's listing file)."""
 
     async def reachable(self) -> bool:
         """Whether the origin answers at all (for /healthz)."""
 
     async def close(self) -> None: ...
+
+
+class RangesIgnored(Exception):
+    """The upstream answered a Range request with the whole, unchanged file: read it whole instead."""
+
+
+def file_record(file: EntryFile) -> dict:
+    """A located file as JSON, for the node's shared index (the other workers need not ask the origin again)."""
+    manifest = file.manifest
+    return {"ref": [file.ref.partner_id, file.ref.entry_id], "file_name": file.file_name, "size": file.size,
+            "mtime": file.mtime, "identity": file.identity, "url": file.url, "etag": file.etag,
+            "last_modified": file.last_modified,
+            "manifest": {"name": manifest.name, "original": manifest.original, "flavors": dict(manifest.flavors),
+                         "versions": {str(k): v for k, v in manifest.versions.items()},
+                         "thumb_offset": manifest.thumb_offset}}
+
+
+def file_from_record(record: dict) -> EntryFile:
+    manifest = record["manifest"]
+    return EntryFile(
+        ref=EntryRef(*record["ref"]), file_name=record["file_name"], size=record["size"], mtime=record["mtime"],
+        identity=record["identity"], url=record["url"], etag=record["etag"], last_modified=record["last_modified"],
+        manifest=EntryManifest(name=manifest["name"], original=manifest["original"],
+                               flavors=MappingProxyType(manifest["flavors"]),
+                               versions=MappingProxyType({int(k): v for k, v in manifest["versions"].items()}),
+                               thumb_offset=manifest["thumb_offset"]))
 
 
 def parse_manifest(body: bytes, ref: EntryRef) -> EntryManifest:

@@ -8,20 +8,23 @@ from pathlib import Path
 from stat import S_ISREG
 
 from ..errors import EntryNotFound, TooLarge, UpstreamFailed
-from ..refs import EntryRef, FileSelector
-from .base import MANIFEST_NAME, EntryManifest, Original, candidate_names, not_found, parse_manifest
+from ..refs import ID_PATTERN, EntryRef, FileSelector
+from .base import (MANIFEST_NAME, EntryFile, EntryManifest, ListedEntry, candidate_names, not_found,
+                   parse_manifest)
 
 
 class LocalOrigin:
+    remote = False
+
     def __init__(self, root: Path, extensions: tuple[str, ...], max_bytes: int) -> None:
         self.root = root.resolve()
         self.extensions = extensions
         self.max_bytes = max_bytes
 
-    async def fetch(self, ref: EntryRef, selector: FileSelector) -> Original:
-        return await asyncio.to_thread(self._fetch, ref, selector)
+    async def locate(self, ref: EntryRef, selector: FileSelector) -> EntryFile:
+        return await asyncio.to_thread(self._locate, ref, selector)
 
-    def _fetch(self, ref: EntryRef, selector: FileSelector) -> Original:
+    def _locate(self, ref: EntryRef, selector: FileSelector) -> EntryFile:
         folder = self.root / str(ref.partner_id) / ref.entry_id
         try:
             listing = os.listdir(folder)
@@ -45,9 +48,31 @@ class LocalOrigin:
                 continue
             if stat.st_size > self.max_bytes:
                 raise TooLarge(f"the original of {ref.entry_id} is {stat.st_size} bytes (limit {self.max_bytes})")
-            return Original(ref=ref, file_name=name, path=path, size=stat.st_size, mtime=stat.st_mtime,
-                            identity=f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}", manifest=manifest)
+            return EntryFile(ref=ref, file_name=name, path=path, size=stat.st_size, mtime=stat.st_mtime,
+                             identity=f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}", manifest=manifest)
         raise not_found(ref, selector)
+
+    async def read_range(self, file: EntryFile, start: int, end: int) -> bytes:
+        raise NotImplementedError("local files are opened directly")
+
+    def read_whole(self, file: EntryFile):
+        raise NotImplementedError("local files are opened directly")
+
+    async def list_entries(self) -> list[ListedEntry]:
+        return await asyncio.to_thread(self._list_entries)
+
+    def _list_entries(self) -> list[ListedEntry]:
+        """`{partner}/{entry}/` folders of the root, with the flavors their file names show."""
+        found = []
+        for partner in sorted(self.root.iterdir(), key=lambda path: path.name):
+            if not (partner.is_dir() and partner.name.lstrip("-").isdigit()):
+                continue
+            for entry in sorted(partner.iterdir()):
+                if entry.is_dir() and ID_PATTERN.match(entry.name):
+                    flavors = sorted(name for name in (path.stem.removeprefix("flavor_")
+                                                       for path in entry.glob("flavor_*.*")) if ID_PATTERN.match(name))
+                    found.append(ListedEntry(EntryRef(int(partner.name), entry.name), tuple(flavors)))
+        return found
 
     async def reachable(self) -> bool:
         return await asyncio.to_thread(self.root.is_dir)

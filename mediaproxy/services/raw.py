@@ -1,7 +1,12 @@
-"""raw (SPEC §4): the original file (or a flavor) as uploaded, streamed with Range and conditional requests."""
+"""raw (SPEC §4): the original file (or a flavor) as uploaded, streamed with Range and conditional requests.
+
+A local original goes out with sendfile; an http origin's as its blocks arrive (the first byte after the first
+block, never after the whole file), and a Range request fetches only the blocks that cover it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from aiohttp import web
@@ -9,6 +14,7 @@ from aiohttp import web
 from ..config import Config
 from ..responses import TIER, cache_control, content_disposition, download_name, server_timing
 from ..urls import RawRequest
+from . import bodies
 from .sources import Sources
 
 
@@ -20,7 +26,7 @@ class RawService:
     async def handle(self, request: RawRequest, http_request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         source = await self.sources.get(request.entry, request.selector)
-        original = source.original
+        file = source.file
         http_request[TIER] = "file"
         headers = {
             "Content-Type": source.media.mime_type,
@@ -28,8 +34,10 @@ class RawService:
             "Server-Timing": server_timing({"origin": (time.perf_counter() - started) * 1000}, "file"),
         }
         if not request.direct_serve:
-            extension = source.media.extension or original.extension
-            name = download_name(request.file_name, original.manifest.name, request.entry.entry_id, extension)
+            extension = source.media.extension or file.extension
+            name = download_name(request.file_name, file.manifest.name, request.entry.entry_id, extension)
             headers["Content-Disposition"] = content_disposition(name)
-        # FileResponse streams with sendfile and answers Range (206/416), HEAD, If-None-Match/If-Modified-Since
-        return web.FileResponse(original.path, headers=headers)
+        etag = '"' + hashlib.blake2b(f"raw|{file.owner}".encode(), digest_size=16).hexdigest() + '"'
+        pieces = [bodies.FileRange(file, 0, file.size - 1)] if file.size else []
+        return await bodies.send(http_request, self.sources.store, pieces, headers, etag=etag,
+                                 last_modified=file.mtime)

@@ -2,43 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
 
 from cachetools import LRUCache
 
 from ..media.probe import MediaInfo, probe
 from ..media.video import VideoInfo, probe_video
-from ..origins.base import Original
-from ..origins.store import OriginalStore
+from ..origins.base import EntryFile
 from ..refs import EntryRef, FileSelector
+from ..store import Store
 from ..workpool import WorkPool
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Source:
-    original: Original
+    file: EntryFile
     media: MediaInfo
 
 
 class Sources:
-    def __init__(self, store: OriginalStore, pool: WorkPool) -> None:
+    def __init__(self, store: Store, pool: WorkPool) -> None:
         self.store = store
         self.pool = pool
-        self._probed: LRUCache[str, MediaInfo] = LRUCache(maxsize=50_000)  # by original identity
+        self._probed: LRUCache[str, MediaInfo] = LRUCache(maxsize=50_000)  # by the file's identity
         self._videos: LRUCache[str, VideoInfo] = LRUCache(maxsize=50_000)
 
     async def get(self, ref: EntryRef, selector: FileSelector = FileSelector()) -> Source:
-        original = await self.store.get(ref, selector)
-        media = self._probed.get(original.identity)
+        file = await self.store.get(ref, selector)
+        media = self._probed.get(file.identity)
         if media is None:
-            media = await self.pool.run(probe, original.path, original.file_name)
-            self._probed[original.identity] = media
-        return Source(original, media)
+            media = await self.read(file, lambda source: probe(source, file.file_name))
+            self._probed[file.identity] = media
+        return Source(file, media)
 
     async def video_info(self, source: Source) -> VideoInfo:
         """Duration, display size, keyframes... of a video, probed once per original."""
-        info = self._videos.get(source.original.identity)
+        info = self._videos.get(source.file.identity)
         if info is None:
-            info = await self.pool.run(probe_video, source.original.path)
-            self._videos[source.original.identity] = info
+            info = await self.read(source.file, probe_video)
+            self._videos[source.file.identity] = info
         return info
+
+    async def read(self, file: EntryFile, work: Callable[[BinaryIO], T]) -> T:
+        """`work(the opened file)` on the work pool (a remote file's blocks are fetched as `work` reads them)."""
+        return await self.pool.run(_with_opened, self.store.open, file, work)
+
+    async def read_bytes(self, file: EntryFile) -> bytes:
+        return await self.store.read_bytes(file)
+
+
+def _with_opened(open_file: Callable[[EntryFile], BinaryIO], file: EntryFile, work: Callable[[BinaryIO], T]) -> T:
+    with open_file(file) as opened:
+        return work(opened)

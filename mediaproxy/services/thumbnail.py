@@ -49,12 +49,12 @@ class ThumbnailService:
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         source = await self._source(request)
-        memo = (request, source.original.identity, source.original.manifest.thumb_offset)
+        memo = (request, source.file.identity, source.file.manifest.thumb_offset)
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
             prepared = self._prepared[memo] = await self._prepare(request, source)
         origin_ms = (time.perf_counter() - started) * 1000
-        if not_modified(http_request, prepared.etag, source.original.mtime):
+        if not_modified(http_request, prepared.etag, source.file.mtime):
             return web.Response(status=304, headers=prepared.headers)
         result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared))
         http_request[TIER] = tier
@@ -65,12 +65,12 @@ class ThumbnailService:
     async def _prepare(self, request: ThumbnailRequest, source: Source) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
         quality = request.quality or partner.quality or DEFAULT_QUALITY
-        key = f"{request.cache_key()}|q={quality if request.format in _LOSSY else '-'}|{source.original.identity}"
+        key = f"{request.cache_key()}|q={quality if request.format in _LOSSY else '-'}|{source.file.identity}"
         max_age = self.config.max_age("thumbnail", request.entry.partner_id)
         times: list[float] = []
         if source.media.kind is MediaKind.VIDEO:
             info = await self.sources.video_info(source)
-            times = frame_times(info, vid_sec=request.vid_sec, thumb_offset=source.original.manifest.thumb_offset,
+            times = frame_times(info, vid_sec=request.vid_sec, thumb_offset=source.file.manifest.thumb_offset,
                                 slices=request.vid_slices, slice_index=request.vid_slice,
                                 start_sec=request.start_sec, end_sec=request.end_sec)
             key += f"|t={times}"
@@ -79,7 +79,7 @@ class ThumbnailService:
             max_age = min(max_age, self.config.http.placeholder_max_age)
         etag = '"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
         headers = {"Cache-Control": cache_control(max_age), "ETag": etag,
-                   "Last-Modified": email.utils.formatdate(source.original.mtime, usegmt=True)}
+                   "Last-Modified": email.utils.formatdate(source.file.mtime, usegmt=True)}
         settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels)
         return _Prepared(key, etag, headers, times, settings)
 
@@ -99,11 +99,11 @@ class ThumbnailService:
     async def _render_image(self, request: ThumbnailRequest, source: Source, settings: RenderSettings) -> Rendered:
         """Other sizes of a hot original skip the decode: the decoded picture (at the JPEG scale this size needs)
         is kept in memory, and rendering from it gives the same bytes as decoding again."""
-        key = ("decoded", source.original.identity, _jpeg_scale(request, source.media, settings))
+        key = ("decoded", source.file.identity, _jpeg_scale(request, source.media, settings))
         decoded = self.decoded.get(key)
         if decoded is not None:
             return await self.pool.run(render_decoded, request, decoded, settings)
-        data = await self.sources.store.read(source.original)
+        data = await self.sources.read_bytes(source.file)
         decoded, rendered = await self.pool.run(decode_and_render, request, data, key[2], settings)
         self.decoded.put(key, decoded)
         return rendered
@@ -117,8 +117,8 @@ class ThumbnailService:
             rendered = await self._render_image(request, source, settings)
         elif media.kind is MediaKind.VIDEO:
             info = await self.sources.video_info(source)
-            rendered = await self.pool.run(render_video, request, source.original.path, times,
-                                           (info.width, info.height), settings, info.keyframes)
+            rendered = await self.sources.read(source.file, lambda opened: render_video(
+                request, opened, times, (info.width, info.height), settings, info.keyframes))
         elif media.kind is MediaKind.AUDIO:
             rendered = await self.pool.run(render_image, request, self.placeholder, settings)
         else:
