@@ -179,8 +179,6 @@ def _flv_tags(part: FlvTags, source: BinaryIO, chunk: int) -> Iterator[bytes]:
     position = lo
     while position < hi:
         size = min(chunk, hi - position)
-        if tag is not None and tag < position + size < tag + 11:
-            size = min(tag + 11 - position, hi - position)  # keep a tag header whole in one piece when possible
         data = read_at(source, part.offset + position, size)
         if len(data) < size:
             raise Unprocessable("the original is shorter than its index says")
@@ -198,6 +196,8 @@ def _flv_tags(part: FlvTags, source: BinaryIO, chunk: int) -> Iterator[bytes]:
                     if buffer is None:
                         buffer = bytearray(data)
                     buffer[at] = new[index]
+            if tag + 8 > position + size:
+                break  # its timestamp goes on in the next piece: that piece rewrites the rest
             tag += tag_size
         yield bytes(buffer) if buffer is not None else data
         position += size
