@@ -209,6 +209,32 @@ def test_mp4_layout_is_the_new_index_then_one_range_of_the_original(videos):
     assert 1000 < index.approx_bytes < 64_000
 
 
+def test_tracks_other_than_video_and_audio_are_dropped(videos, tmp_path):
+    data = bytearray(videos["mp4"].read_bytes())
+    at = data.index(b"soun")
+    data[at:at + 4] = b"text"  # the audio track now claims to be a text track
+    path = tmp_path / "text.mp4"
+    path.write_bytes(bytes(data))
+    index = index_of(path)
+    assert [track.handler for track in index.tracks] == [b"vide"]
+    target = tmp_path / "clip.mp4"
+    write_clip(path, 1.5, None, target)
+    described = describe(target)
+    assert described.audio_codec is None and described.first_second == 1
+    assert ffprobe_errors(target) == ""
+
+
+def test_edit_lists_that_cannot_be_honoured_are_not_indexable(videos, tmp_path):
+    data = bytearray(videos["late"].read_bytes())  # each track: an empty edit, then the media
+    at = data.index(b"elst") + 4 + 4 + 4 + 4  # the first entry's media time (-1: empty)
+    assert data[at:at + 4] == b"\xff\xff\xff\xff"
+    data[at:at + 4] = bytes(4)  # two edits of media: a jump back, which the index cannot say
+    path = tmp_path / "edits.mp4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(NotIndexable, match="edit list"):
+        index_of(path)
+
+
 def test_non_video_tracks_are_dropped_and_audio_kept(videos):
     index = index_of(videos["mp4"])
     assert [track.handler for track in index.tracks] == [b"vide", b"soun"]
@@ -572,3 +598,134 @@ def test_a_clip_over_4_gib_gets_co64_and_a_64_bit_mdat(videos, tmp_path):
         assert len(frames) == 100 and second_of(frames[0].to_image()) == 0 and second_of(frames[-1].to_image()) == 3
         assert hashlib.sha1(b"".join(bytes(p) for p in frames[60].planes)).hexdigest()[:12] == \
             frame_hashes(videos["bframes"])[60]
+
+
+# ------------------------------------------------------------------------------------------------ an hour of tables
+
+
+def _b(kind: bytes, *body: bytes) -> bytes:
+    payload = b"".join(body)
+    return struct.pack(">I4s", len(payload) + 8, kind) + payload
+
+
+def _f(kind: bytes, *body: bytes, version: int = 0) -> bytes:
+    return _b(kind, struct.pack(">I", version << 24), *body)
+
+
+def _be32(values) -> bytes:
+    import array
+    table = array.array("I", values)
+    table.byteswap()
+    return table.tobytes()
+
+
+def hour_long_mp4(path: Path, seconds: int = 4000, fps: int = 25, gop: int = 50) -> dict:
+    """An MP4 with the tables of a long file (100k video samples with B-frame composition offsets, 172k AAC
+    samples, interleaved one-second chunks) and a sparse mdat: its moov is real, its media zeros."""
+    import random
+    rng = random.Random(7)
+    video_count = seconds * fps
+    audio_count = seconds * 44100 // 1024
+    video_sizes = [rng.randint(800, 1200) * (8 if number % gop == 0 else 1) for number in range(video_count)]
+    audio_sizes = [rng.randint(180, 230) for _ in range(audio_count)]
+    ctts_pattern = [2, 5, 0, 0, 5]  # frames of 512 ticks: I P B B P ..., as x264 with 2 B-frames
+    ctts = [ctts_pattern[number % gop % 5 if number % gop else 0] * 512 for number in range(video_count)]
+    # one-second chunks, video then audio
+    video_chunks, audio_chunks, offsets_v, offsets_a = [], [], [], []
+    per_audio = 44100 // 1024
+    ftyp = _b(b"ftyp", b"isom\x00\x00\x02\x00isomiso2avc1mp41")
+    vi = ai = 0
+    layout_order = []
+    while vi < video_count or ai < audio_count:
+        if vi < video_count:
+            layout_order.append(("v", vi, min(fps, video_count - vi)))
+            vi += fps
+        if ai < audio_count:
+            layout_order.append(("a", ai, min(per_audio, audio_count - ai)))
+            ai += per_audio
+
+    def moov_bytes(mdat_start: int) -> bytes:
+        position = mdat_start
+        video_offsets, audio_offsets, video_spc, audio_spc = [], [], [], []
+        for kind, first, count in layout_order:
+            sizes = video_sizes if kind == "v" else audio_sizes
+            (video_offsets if kind == "v" else audio_offsets).append(position)
+            (video_spc if kind == "v" else audio_spc).append(count)
+            position += sum(sizes[first:first + count])
+
+        def stsc(spc):
+            entries = [(1, spc[0])]
+            for number, count in enumerate(spc[1:], 2):
+                if count != entries[-1][1]:
+                    entries.append((number, count))
+            return _f(b"stsc", struct.pack(">I", len(entries)),
+                      _be32(value for first, count in entries for value in (first, count, 1)))
+
+        runs = []
+        for value in ctts:
+            if runs and runs[-1][1] == value:
+                runs[-1][0] += 1
+            else:
+                runs.append([1, value])
+        video_stbl = _b(b"stbl", _f(b"stsd", struct.pack(">I", 1), _b(b"avc1", bytes(78))),
+                        _f(b"stts", struct.pack(">III", 1, video_count, 512)),
+                        _f(b"stss", struct.pack(">I", -(-video_count // gop)), _be32(range(1, video_count + 1, gop))),
+                        _f(b"ctts", struct.pack(">I", len(runs)), _be32(v for run in runs for v in run)),
+                        stsc(video_spc),
+                        _f(b"stsz", struct.pack(">II", 0, video_count), _be32(video_sizes)),
+                        _f(b"stco", struct.pack(">I", len(video_offsets)), _be32(video_offsets)))
+        audio_stbl = _b(b"stbl", _f(b"stsd", struct.pack(">I", 1), _b(b"mp4a", bytes(28))),
+                        _f(b"stts", struct.pack(">III", 1, audio_count, 1024)),
+                        stsc(audio_spc),
+                        _f(b"stsz", struct.pack(">II", 0, audio_count), _be32(audio_sizes)),
+                        _f(b"stco", struct.pack(">I", len(audio_offsets)), _be32(audio_offsets)))
+
+        def trak(track_id, handler, timescale, duration, stbl, media_time):
+            tkhd = _f(b"tkhd", struct.pack(">IIIII", 0, 0, track_id, 0, seconds * 1000), bytes(60))
+            elst = _f(b"elst", struct.pack(">IIiI", 1, seconds * 1000, media_time, 0x10000))
+            mdhd = _f(b"mdhd", struct.pack(">IIIIHH", 0, 0, timescale, duration, 0x55C4, 0))
+            hdlr = _f(b"hdlr", struct.pack(">I4s12s", 0, handler, bytes(12)), b"Handler\x00")
+            return _b(b"trak", tkhd, _b(b"edts", elst), _b(b"mdia", mdhd, hdlr, _b(b"minf", stbl)))
+
+        mvhd = _f(b"mvhd", struct.pack(">IIII", 0, 0, 1000, seconds * 1000), bytes(80))
+        return _b(b"moov", mvhd, trak(1, b"vide", fps * 512, video_count * 512, video_stbl, 1024),
+                  trak(2, b"soun", 44100, audio_count * 1024, audio_stbl, 1024)), position
+
+    probe, _ = moov_bytes(0)
+    mdat_start = len(ftyp) + len(probe) + 16
+    moov, end = moov_bytes(mdat_start)
+    assert len(moov) == len(probe)
+    with open(path, "wb") as out:
+        out.write(ftyp + moov + struct.pack(">I4sQ", 1, b"mdat", end - mdat_start + 16))
+        out.truncate(end)  # the media: a hole
+    return {"moov": len(moov), "video": video_count, "audio": audio_count, "size": end}
+
+
+def test_an_hour_of_tables_is_indexed_and_laid_out_from_the_moov(tmp_path):
+    facts = hour_long_mp4(tmp_path / "hour.mp4")
+    assert facts["size"] > 100 << 20 and facts["video"] == 100_000 and facts["audio"] > 170_000
+    source = Counting(tmp_path / "hour.mp4")
+    index = read_mp4_index(source, facts["size"])
+    assert source.read_bytes <= facts["moov"] + 200
+    assert [track.samples for track in index.tracks] == [facts["video"], facts["audio"]]
+    assert index.duration == pytest.approx(4000, abs=0.1)
+    assert facts["moov"] * 0.8 < index.approx_bytes < facts["moov"] * 3  # arrays, about the moov's size
+    assert len(pickle.dumps(index)) < facts["moov"] * 3
+    window = index.snap(1234.5, 1234.5 + 29 * 60)  # a 29-minute clip
+    assert window.start_seconds == pytest.approx(1234.0) and window.duration == pytest.approx(29 * 60 + 0.5, abs=0.1)
+    layout = index.layout(window)
+    header, media = layout.parts
+    assert len(header.data) < facts["moov"] * 0.6  # the new moov: about the clip's share of the tables
+    assert media.length > 60 << 20
+    whole = index.layout(index.snap(0, None))
+    assert len(whole.parts[0].data) == pytest.approx(facts["moov"] + len(index.ftyp) + 16 + 48, abs=2000)
+    assert source.read_bytes <= facts["moov"] + 200
+    # the new moov parses back, with the samples of the window and offsets into the new file
+    clip = io.BytesIO(header.data)
+    clip.seek(0, os.SEEK_END)
+    clip.truncate(layout.size)
+    again = read_mp4_index(clip, layout.size)
+    assert again.video.samples == window.end_sample - window.key_sample
+    assert again.video.chunks[0] == len(header.data) + index.video.offset_of(window.key_sample) - media.offset
+    assert again.snap(0, None).duration == pytest.approx(window.duration, abs=0.05)
+    source.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Union
@@ -24,6 +25,16 @@ class NotIndexable(Unprocessable):
     honour, a table that does not add up, ...): the caller falls back to the packet-copy remux (video.cut_clip).
 
     A subclass of Unprocessable, so a caller that forgets the fallback answers 422, never 500."""
+
+
+@contextlib.contextmanager
+def guarded(container: str):
+    """A last net under the parsers' own checks: arithmetic a crafted file pushes out of range (an array item
+    overflowing, an index past a table) is a file we cannot index, never a crash."""
+    try:
+        yield
+    except (OverflowError, IndexError, struct.error, ZeroDivisionError, RecursionError, UnicodeError) as error:
+        raise NotIndexable(f"malformed {container} index ({type(error).__name__})") from None
 
 
 @dataclass(frozen=True, slots=True)

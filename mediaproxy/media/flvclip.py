@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import BadRequest
-from .clipparts import (FLV_TAG_TYPES, FlvTags, Layout, Literal, NotIndexable, pack_syncs, read_at, tag_timestamp)
+from .clipparts import (FLV_TAG_TYPES, FlvTags, Layout, Literal, NotIndexable, guarded, pack_syncs, read_at,
+                        tag_timestamp)
 
 MAX_SCRIPT = 4 << 20  # an onMetaData of a long file with a keyframe index: ~20 bytes a keyframe
 MAX_SEQUENCE_HEADER = 1 << 20
@@ -68,6 +69,12 @@ class FlvIndex:
         return self.duration_ms / 1000
 
     def snap(self, start: float, end: float | None = None) -> FlvWindow:
+        """The window from the keyframe at or before `start` (1 ms of tolerance) to the first keyframe at or after
+        `end` (None: the end). BadRequest for a start past the end, or an end not after the start."""
+        with guarded("FLV"):
+            return self._snap(start, end)
+
+    def _snap(self, start: float, end: float | None) -> FlvWindow:
         if not start >= 0:
             start = 0.0
         start_ms = round(start * 1000)
@@ -88,6 +95,11 @@ class FlvIndex:
                          duration=max(finish - begin, 1) / 1000)
 
     def layout(self, window: FlvWindow) -> Layout:
+        """FLV header + onMetaData + sequence headers (a Literal), then the original's tags (FlvTags)."""
+        with guarded("FLV"):
+            return self._layout(window)
+
+    def _layout(self, window: FlvWindow) -> Layout:
         key, stop = window.key_index, window.end_index
         if not 0 <= key < stop <= len(self.times):
             raise ValueError("the window does not belong to this index")
@@ -227,14 +239,16 @@ class _Amf:
 
 
 def _parse_meta(data: bytes) -> dict | None:
+    """The onMetaData object, or None where the script tag is something else or damaged (then the keyframes
+    come from a scan, and no fields are copied)."""
     reader = _Amf(data)
     try:
         name = reader.value()
         if name != "onMetaData":
             return None
         value = reader.value()
-    except RecursionError:
-        raise NotIndexable("onMetaData nests too deep") from None
+    except (NotIndexable, RecursionError):
+        return None
     return value if isinstance(value, dict) else None
 
 
@@ -243,6 +257,11 @@ def _parse_meta(data: bytes) -> dict | None:
 
 def read_flv_index(source: BinaryIO, size: int) -> FlvIndex:
     """The keyframe index of an FLV. NotIndexable for what cannot be clipped this way."""
+    with guarded("FLV"):
+        return _read_flv_index(source, size)
+
+
+def _read_flv_index(source: BinaryIO, size: int) -> FlvIndex:
     header = read_at(source, 0, 9)
     if len(header) < 9 or header[:3] != b"FLV":
         raise NotIndexable("not an FLV")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import BadRequest
-from .clipparts import Layout, Literal, NotIndexable, SourceRange, read_at
+from .clipparts import Layout, Literal, NotIndexable, SourceRange, guarded, read_at
 
 MAX_MOOV = 64 << 20  # bytes: a 1-hour file's moov is ~2-4 MB
 MAX_FTYP = 4096
@@ -304,6 +304,10 @@ class Mp4Index:
         up to the first one shown at or after `end` (as video.cut_clip does); other tracks keep the samples shown
         in that time, the first one starting at or before the keyframe (an edit list trims it exactly).
         """
+        with guarded("MP4"):
+            return self._snap(start, end)
+
+    def _snap(self, start: float, end: float | None = None) -> Mp4Window:
         video = self.video
         scale = video.timescale
         if not start >= 0:  # also NaN
@@ -321,6 +325,8 @@ class Mp4Index:
             at = bisect.bisect_right(keys, target, key=lambda number: video.pts(number - 1)) - 1
             key = keys[max(at, 0)] - 1
         origin = video.pts(key)
+        if video.ctts(key) < 0:
+            raise NotIndexable("a keyframe with a negative composition offset")
         track_end = self.video_end
         if end is None or self.zero + end * scale >= track_end:
             stop_sample, stop_time = video.samples, track_end
@@ -375,7 +381,12 @@ class Mp4Index:
     # -------------------------------------------------------------------- the virtual file
 
     def layout(self, window: Mp4Window) -> Layout:
-        """`ftyp` + new `moov` + `mdat` header, then the original's bytes for the clip's media."""
+        """`ftyp` + new `moov` + `mdat` header (a Literal), then the original's bytes for the clip's media (one
+        SourceRange: from the earliest kept sample of any track to the end of the latest)."""
+        with guarded("MP4"):
+            return self._layout(window)
+
+    def _layout(self, window: Mp4Window) -> Layout:
         spans = []
         for index, first, stop, _empty, _media_time in window.tracks:
             track = self.tracks[index]
@@ -537,6 +548,11 @@ def _trak(track: Track, first: int, stop: int, empty: int, media_time: int, edit
 def read_mp4_index(source: BinaryIO, size: int, max_moov: int = MAX_MOOV) -> Mp4Index:
     """The index of a progressive MP4 read from `source` (`size` bytes): its top-level box headers, ftyp and
     moov only. NotIndexable for what a clip cannot be made of by rewriting the index."""
+    with guarded("MP4"):
+        return _read_mp4_index(source, size, max_moov)
+
+
+def _read_mp4_index(source: BinaryIO, size: int, max_moov: int) -> Mp4Index:
     ftyp, moov, mdats = b"", None, []
     position, count = 0, 0
     while position < size:
