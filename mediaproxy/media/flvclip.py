@@ -318,6 +318,7 @@ def _read_flv_index(source: BinaryIO, size: int) -> FlvIndex:
     fields = tuple((name, value) for name, value in list((meta or {}).items())[:MAX_META_FIELDS]
                    if name not in _DROPPED_META and isinstance(value, (float, bool, str)) and len(name) < 256
                    and (not isinstance(value, str) or len(value) < 4096))
+    has_audio = has_audio or bool(header[4] & 4) or (meta or {}).get("hasAudio") is True
     index = FlvIndex(size=size, has_audio=has_audio, has_video=True, meta=fields,
                      sequence_headers=tuple(sequence[kind] for kind in (9, 8) if kind in sequence), times=times,
                      positions=positions, end=end, duration_ms=duration_ms, from_metadata=from_metadata)
