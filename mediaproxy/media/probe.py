@@ -9,6 +9,8 @@ from pathlib import Path
 import av
 from PIL import Image
 
+from .video import HEADERS_ONLY, coded_size
+
 
 class MediaKind(StrEnum):
     IMAGE = "image"
@@ -33,8 +35,9 @@ class MediaInfo:
 OTHER = MediaInfo(MediaKind.OTHER, "application/octet-stream", "")
 
 # Pillow format → (MIME type, extension); formats not listed (e.g. Pillow's MPEG sniffer) are left to PyAV.
+# MPO is a JPEG followed by more pictures (stereo cameras, phones): JPEG readers show its first.
 _IMAGE_FORMATS = {
-    "JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "GIF": ("image/gif", "gif"),
+    "JPEG": ("image/jpeg", "jpg"), "MPO": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "GIF": ("image/gif", "gif"),
     "WEBP": ("image/webp", "webp"), "AVIF": ("image/avif", "avif"), "TIFF": ("image/tiff", "tif"),
     "BMP": ("image/bmp", "bmp"), "ICO": ("image/x-icon", "ico"), "PPM": ("image/x-portable-anymap", "ppm"),
     "TGA": ("image/x-tga", "tga"), "JPEG2000": ("image/jp2", "jp2"), "HEIF": ("image/heif", "heic"),
@@ -73,7 +76,7 @@ def _jpeg_orientation(image: Image.Image) -> int:
 
 def _probe_av(path: Path, hinted_extension: str) -> MediaInfo | None:
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path), metadata_errors="ignore", options=HEADERS_ONLY)
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
         return None
     with container:
@@ -90,8 +93,7 @@ def _probe_av(path: Path, hinted_extension: str) -> MediaInfo | None:
             if stream.duration and stream.time_base:
                 duration = float(stream.duration * stream.time_base)
         mime, extension = _container_type(container.format.name, kind, hinted_extension, videos, audios)
-        width = videos[0].codec_context.width if videos else 0
-        height = videos[0].codec_context.height if videos else 0
+        width, height = coded_size(videos[0]) if videos else (0, 0)  # what decoding a frame would allocate
         return MediaInfo(kind, mime, extension, container.format.name, width, height, duration, frames=0)
 
 

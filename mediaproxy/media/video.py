@@ -18,8 +18,15 @@ import av
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from PIL import Image
 
-from ..errors import BadRequest, Unprocessable
+from ..config import LimitsConfig
+from ..errors import BadRequest, TooLarge, Unprocessable
 
+# Opening a container runs FFmpeg's stream analysis, which decodes pictures to learn what the headers already say
+# (an H.264 stream claiming 16000x16000 costs 0.7 GB and 2 s there). A decoder allowed one pixel refuses them all:
+# every stream parameter still comes from the headers, and decoding for real uses the stream's own decoder.
+HEADERS_ONLY = {"max_pixels": "1"}
+# probe_video never decodes a first frame larger than this unless told a limit (services pass the configured one).
+DEFAULT_MAX_PIXELS = LimitsConfig.max_source_pixels
 
 
 @dataclass(frozen=True)
@@ -35,10 +42,12 @@ class VideoInfo:
     audio_codec: str | None
 
 
-def probe_video(path: Path) -> VideoInfo:
+def probe_video(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
     """What frame grabs and clips need to know, read once per original (the caller caches it).
 
-    The first frame is decoded: only a decoded frame tells the rotation a phone recorded.
+    The first frame is decoded: only a decoded frame tells the rotation a phone recorded. A frame whose stream
+    header says it has more than `max_pixels` pixels is not decoded (thumbnails refuse such a video before they
+    ask; a clip copies packets and needs no pixels): its size is then the header's, without rotation.
     """
     with _open(path) as container:
         stream = _video_stream(container)
@@ -48,10 +57,15 @@ def probe_video(path: Path) -> VideoInfo:
             duration = float(stream.duration * time_base)
         start = float(stream.start_time * time_base) if stream.start_time else 0.0
         keyframes = _keyframe_times(stream, time_base)
-        first = _ForwardDecoder(container, stream, time_base, start, keyframes).first_frame()
-        if first is None:
-            raise Unprocessable("the video has no decodable frames")
-        width, height = _display_size(first, stream, 1.0)
+        coded_width, coded_height = coded_size(stream)
+        if coded_width * coded_height > max_pixels:
+            width, height = _header_display_size(stream)
+        else:
+            _limit_decoder(stream, max_pixels)
+            first = _ForwardDecoder(container, stream, time_base, start, keyframes).first_frame()
+            if first is None:
+                raise Unprocessable("the video has no decodable frames")
+            width, height = _display_size(first, stream, 1.0)
         rate = stream.average_rate or stream.guessed_rate or 25
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
         return VideoInfo(duration=max(duration, 0.0), width=width, height=height, frame_rate=float(rate),
@@ -60,18 +74,22 @@ def probe_video(path: Path) -> VideoInfo:
 
 
 def grab_frames(path: Path, times: list[float], scale: float = 1.0,
-                keyframes: tuple[float, ...] | None = None) -> list[Image.Image]:
+                keyframes: tuple[float, ...] | None = None, max_pixels: int | None = None) -> list[Image.Image]:
     """The frames shown at `times` (seconds from the start), in the order asked, as upright RGB images.
 
     One pass over the file: targets are visited in time order, seeking forward only when the next target lies
     beyond the keyframe that follows the current position. `scale` (≤ 1) shrinks the frames in swscale.
     `keyframes`: what probe_video found (None: read the container's index again). A time past the end gives the
-    last frame.
+    last frame. `max_pixels`: a video whose stream header claims larger frames is refused (TooLarge) before
+    anything is decoded, and a frame larger than that later in the stream is not decoded.
     """
     order = sorted(range(len(times)), key=lambda index: times[index])
     found: dict[int, Image.Image] = {}
     with _open(path) as container:
         stream = _video_stream(container)
+        if max_pixels is not None:
+            refuse_oversized(stream, max_pixels)
+            _limit_decoder(stream, max_pixels)
         stream.thread_type = "SLICE"  # frame threading would hold each frame back by a thread count of frames
         time_base = stream.time_base or Fraction(1, 1000)
         start = float(stream.start_time * time_base) if stream.start_time else 0.0
@@ -162,6 +180,31 @@ class _ForwardDecoder:
             raise Unprocessable(f"the video cannot be decoded ({_reason(error)})") from None
 
 
+def coded_size(stream) -> tuple[int, int]:
+    """The frame size a stream's header declares (what a decoder allocates), 0 where it declares none."""
+    context = stream.codec_context
+    return max(context.width, context.coded_width), max(context.height, context.coded_height)
+
+
+def refuse_oversized(stream, max_pixels: int) -> None:
+    width, height = coded_size(stream)
+    if width * height > max_pixels:
+        raise TooLarge(f"the video's frames are {width}x{height} pixels (limit {max_pixels})")
+
+
+def _limit_decoder(stream, max_pixels: int) -> None:
+    """The decoder refuses any frame over `max_pixels`, whatever a later header in the stream claims."""
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(max_pixels)}
+
+
+def _header_display_size(stream) -> tuple[int, int]:
+    width, height = stream.codec_context.width, stream.codec_context.height
+    aspect = stream.sample_aspect_ratio
+    if aspect and aspect > 0 and aspect != 1:
+        width = width * aspect
+    return max(1, round(width)), max(1, height)
+
+
 def _keyframe_times(stream, time_base: Fraction) -> tuple[float, ...]:
     """Keyframe display times from the container's index, where it has one (MP4). The index holds decode times:
     with B-frames those run ahead of display by a constant delay, which aligning the first entry to the stream's
@@ -222,7 +265,7 @@ def frame_times(info: VideoInfo, *, vid_sec: float | None, thumb_offset: float |
 
 def _open(path: Path):
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return av.open(str(path), metadata_errors="ignore", options=HEADERS_ONLY)
     except (av.FFmpegError, OSError, ValueError) as error:
         raise Unprocessable(f"the video cannot be opened ({_reason(error)})") from None
 
