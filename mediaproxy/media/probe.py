@@ -82,8 +82,10 @@ def _probe_av(path: Path, hinted_extension: str) -> MediaInfo | None:
     with container:
         if container.format.name == "image2" or container.format.name.endswith("_pipe"):
             return None  # a still image FFmpeg reads but Pillow could not: a damaged picture, not a video
-        videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-        audios = list(container.streams.audio)
+        # streams without a codec context are of codecs FFmpeg cannot decode: nothing to show or clip
+        videos = [s for s in container.streams.video
+                  if s.codec_context is not None and not s.disposition & av.stream.Disposition.attached_pic]
+        audios = [s for s in container.streams.audio if s.codec_context is not None]
         if not videos and not audios:
             return None
         kind = MediaKind.VIDEO if videos else MediaKind.AUDIO

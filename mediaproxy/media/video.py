@@ -67,7 +67,8 @@ def probe_video(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
                 raise Unprocessable("the video has no decodable frames")
             width, height = _display_size(first, stream, 1.0)
         rate = stream.average_rate or stream.guessed_rate or 25
-        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        audio_stream = _audio_stream(container)
+        audio = audio_stream.codec_context.name if audio_stream is not None else None
         return VideoInfo(duration=max(duration, 0.0), width=width, height=height, frame_rate=float(rate),
                          keyframes=keyframes, has_audio=audio is not None, container=container.format.name,
                          video_codec=stream.codec_context.name, audio_codec=audio)
@@ -171,7 +172,7 @@ class _ForwardDecoder:
 
     def _decode(self):
         try:
-            for packet in self.container.demux(self.stream):
+            for packet in demux(self.container, self.stream):
                 try:
                     yield from packet.decode()
                 except av.InvalidDataError:
@@ -203,6 +204,22 @@ def _header_display_size(stream) -> tuple[int, int]:
     if aspect and aspect > 0 and aspect != 1:
         width = width * aspect
     return max(1, round(width)), max(1, height)
+
+
+def demux(container, *streams):
+    """container.demux(*streams), surviving a file that grows streams while it is read (FLV may).
+
+    PyAV sizes its table of the streams to read at the start; after the last packet it flushes every stream of
+    the container, and on a stream added since it fails with IndexError. Every packet has come by then: what
+    is left is the flush packets (an empty packet per stream drains its decoder), given here instead.
+    """
+    try:
+        yield from container.demux(*streams)
+    except IndexError:
+        for stream in streams:
+            flush = av.Packet()
+            flush.stream = stream
+            yield flush
 
 
 def _keyframe_times(stream, time_base: Fraction) -> tuple[float, ...]:
@@ -273,8 +290,15 @@ def _open(path: Path):
 def _video_stream(container):
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
+            if stream.codec_context is None:  # FFmpeg knows no decoder for it
+                raise Unprocessable("the file's video codec is not one FFmpeg decodes")
             return stream
     raise Unprocessable("the file has no video stream")
+
+
+def _audio_stream(container):
+    """The first audio stream FFmpeg has a decoder for, or None."""
+    return next((stream for stream in container.streams.audio if stream.codec_context is not None), None)
 
 
 def _reason(error: Exception) -> str:
@@ -298,21 +322,47 @@ def cut_clip(source: Path, target: Path, start: float, end: float | None, output
 
     Timestamps are rebased so the clip starts at 0, audio kept with the video it played beside; MP4 is written
     with its index at the front (playable while it downloads). Runs Python per packet: keep it off the event loop.
+    A damaged source whose packets FFmpeg cannot read or write is Unprocessable, never a half-written success.
     """
     with _open(source) as container:
         video = _video_stream(container)
-        audio = container.streams.audio[0] if container.streams.audio else None
+        audio = _audio_stream(container)
         allowed = _MP4_CODECS if output == "mp4" else _FLV_CODECS
         for stream in filter(None, (video, audio)):
             codec = stream.codec_context.codec.canonical_name  # "flv1", "mp3": not decoder names like "mp3float"
             if codec not in allowed:
                 raise BadRequest(f"flvclipper: {codec} cannot go in an {output} clip")
         options = {"movflags": "+faststart"} if output == "mp4" else {}
-        with av.open(str(target), "w", format=CLIP_FORMATS[output], options=options) as out:
-            streams = {video.index: out.add_stream_from_template(video)}
-            if audio is not None:
-                streams[audio.index] = out.add_stream_from_template(audio)
-            return _copy_packets(container, video, audio, lambda packet: _mux(out, streams, packet), start, end)
+        try:
+            with av.open(str(target), "w", format=CLIP_FORMATS[output], options=options) as out:
+                streams = {video.index: out.add_stream_from_template(video)}
+                if audio is not None:
+                    streams[audio.index] = out.add_stream_from_template(audio)
+                mux = _Muxer(out, streams, video)
+                clip = _copy_packets(container, video, audio, mux, start, end)
+        except av.FFmpegError as error:
+            raise Unprocessable(f"the video cannot be clipped ({_reason(error)})") from None
+        if not mux.video_packets:  # nothing written: FFmpeg has not even created the file
+            raise Unprocessable(f"the video has no readable frames from {start:g} s on")
+        return clip
+
+
+class _Muxer:
+    """Copies packets into the clip. A packet the muxer refuses (timestamps out of order in a damaged file) is
+    left out, as players skip what they cannot place."""
+
+    def __init__(self, out, streams: dict, video) -> None:
+        self.out, self.streams, self.video = out, streams, video
+        self.video_packets = 0
+
+    def __call__(self, packet) -> None:
+        is_video = packet.stream is self.video
+        packet.stream = self.streams[packet.stream.index]
+        try:
+            self.out.mux(packet)
+        except av.ArgumentError:
+            return
+        self.video_packets += is_video
 
 
 def _copy_packets(container, video, audio, mux, start: float, end: float | None) -> Clip:
@@ -363,7 +413,7 @@ def _from_keyframe(container, video, audio, start: float):
         except av.FFmpegError:
             position = 0.0
             container.seek(0, backward=True)
-        packets = container.demux(*streams)
+        packets = demux(container, *streams)
         held: list = []  # packets since the best keyframe so far
         best = None
         for packet in packets:
@@ -387,6 +437,3 @@ def _from_keyframe(container, video, audio, start: float):
         back = max(back * 2, 1.0)
 
 
-def _mux(out, streams, packet) -> None:
-    packet.stream = streams[packet.stream.index]
-    out.mux(packet)
