@@ -37,8 +37,9 @@ OTHER = MediaInfo(MediaKind.OTHER, "application/octet-stream", "")
 # Pillow format → (MIME type, extension); formats not listed (e.g. Pillow's MPEG sniffer) are left to PyAV.
 # MPO is a JPEG followed by more pictures (stereo cameras, phones): JPEG readers show its first.
 _IMAGE_FORMATS = {
-    "JPEG": ("image/jpeg", "jpg"), "MPO": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "GIF": ("image/gif", "gif"),
-    "WEBP": ("image/webp", "webp"), "AVIF": ("image/avif", "avif"), "TIFF": ("image/tiff", "tif"),
+    "JPEG": ("image/jpeg", "jpg"), "MPO": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
+    "GIF": ("image/gif", "gif"), "WEBP": ("image/webp", "webp"), "AVIF": ("image/avif", "avif"),
+    "TIFF": ("image/tiff", "tif"),
     "BMP": ("image/bmp", "bmp"), "ICO": ("image/x-icon", "ico"), "PPM": ("image/x-portable-anymap", "ppm"),
     "TGA": ("image/x-tga", "tga"), "JPEG2000": ("image/jp2", "jp2"), "HEIF": ("image/heif", "heic"),
 }
