@@ -179,11 +179,24 @@ def test_the_header_check_sits_before_any_decoding(root):
     assert time.monotonic() - started < 1.0  # decoding one such frame takes seconds and 0.7 GB
 
 
-def test_a_decoder_limit_below_the_frame_size_refuses_to_decode(root):
+def test_a_pixel_limit_below_the_frame_size_refuses_to_decode(root):
     path = root / "100" / "small_video" / "original.mp4"
     assert grab_frames(path, [0.0], max_pixels=64 * 48)[0].size == (64, 48)
     with pytest.raises(TooLarge):
         grab_frames(path, [0.0], max_pixels=64 * 48 - 1)
+
+
+def test_the_decoder_itself_refuses_frames_far_over_the_limit(root):
+    """What guards against a stream whose later header claims a larger frame than its first: the decoder's own
+    limit (with room for its padding), refusing here the size the stream's first header declares."""
+    from mediaproxy.media import video
+
+    path = root / "100" / "huge_frames" / "original.mp4"
+    with video._open(path) as container:
+        stream = container.streams.video[0]
+        video._limit_decoder(stream, 50_000_000)
+        with pytest.raises(av.FFmpegError):
+            next(container.decode(stream))
 
 
 # ------------------------------------------------------------------------------------------------------------ MPO
@@ -245,3 +258,38 @@ async def test_warm_streams_a_large_body_in_chunks(aiohttp_server):
     assert summary.ok and summary.statuses[200] == 2
     assert summary.bytes == 2 * size
     assert peak < 64 * 2**20, f"resident memory grew by {peak / 2**20:.0f} MiB for two 200 MiB bodies"
+
+
+# ------------------------------------------------------------------------------------------ found on the way
+
+
+def test_frames_of_a_short_mpeg_ts_as_ffmpeg_writes_it(tmp_path):
+    """ffmpeg's MPEG-TS starts at 1.4 s; seeking it to that start landed at its end: no frame (422)."""
+    import subprocess
+
+    from .conftest import require_tool
+
+    path = tmp_path / "short.ts"
+    subprocess.run([require_tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "color=c=red:size=64x48:rate=10",
+                    "-t", "2", "-c:v", "libx264", "-bf", "2", str(path)], check=True)
+    info = probe_video(path)
+    assert round(info.duration) == 2 and (info.width, info.height) == (64, 48)
+    frames = grab_frames(path, [0.0, 1.0, 5.0], 1.0, info.keyframes, max_pixels=10_000)
+    assert [frame.size for frame in frames] == [(64, 48)] * 3
+    assert all(near(frame.getpixel((32, 24)), RED, 20) for frame in frames)
+
+
+@pytest.mark.parametrize("name, codec", [("vp9.webm", "libvpx-vp9"), ("mpeg4.avi", "mpeg4"), ("hevc.mp4", "libx265")])
+def test_probing_keeps_the_size_of_codecs_whose_parsers_do_not_give_it(tmp_path, name, codec):
+    """Stream analysis may decode frames up to the limit: refusing every frame would leave these at 0 x 0, and
+    a 0 x 0 video passes any pixel check from its header."""
+    import subprocess
+
+    from .conftest import require_tool
+
+    path = tmp_path / name
+    subprocess.run([require_tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "color=c=blue:size=96x64:rate=10",
+                    "-t", "1", "-c:v", codec, "-pix_fmt", "yuv420p", str(path)], check=True, capture_output=True)
+    media = probe(path)
+    assert (media.kind, media.width, media.height) == (MediaKind.VIDEO, 96, 64)
+    assert near(grab_frames(path, [0.5], max_pixels=96 * 64)[0].getpixel((48, 32)), BLUE, 20)

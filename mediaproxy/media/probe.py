@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 from PIL import Image
 
-from .video import HEADERS_ONLY, coded_size
+from .video import DEFAULT_MAX_PIXELS, analysis_options, coded_size
 
 
 class MediaKind(StrEnum):
@@ -46,12 +46,13 @@ _IMAGE_FORMATS = {
 _MP4_FAMILY = "mov,mp4,m4a,3gp,3g2,mj2"
 
 
-def probe(path: Path, name_hint: str = "") -> MediaInfo:
-    """Identify a file. `name_hint` (its name at the origin) only picks among equivalent extensions (mov/mp4)."""
+def probe(path: Path, name_hint: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> MediaInfo:
+    """Identify a file. `name_hint` (its name at the origin) only picks among equivalent extensions (mov/mp4).
+    FFmpeg's stream analysis decodes no video frame over `max_pixels` (see video.analysis_options)."""
     image = _probe_image(path)
     if image is not None:
         return image
-    return _probe_av(path, name_hint.rpartition(".")[2].lower()) or OTHER
+    return _probe_av(path, name_hint.rpartition(".")[2].lower(), max_pixels) or OTHER
 
 
 def _probe_image(path: Path) -> MediaInfo | None:
@@ -75,9 +76,9 @@ def _jpeg_orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _probe_av(path: Path, hinted_extension: str) -> MediaInfo | None:
+def _probe_av(path: Path, hinted_extension: str, max_pixels: int) -> MediaInfo | None:
     try:
-        container = av.open(str(path), metadata_errors="ignore", options=HEADERS_ONLY)
+        container = av.open(str(path), metadata_errors="ignore", options=analysis_options(max_pixels))
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
         return None
     with container:

@@ -21,12 +21,20 @@ from PIL import Image
 from ..config import LimitsConfig
 from ..errors import BadRequest, TooLarge, Unprocessable
 
-# Opening a container runs FFmpeg's stream analysis, which decodes pictures to learn what the headers already say
-# (an H.264 stream claiming 16000x16000 costs 0.7 GB and 2 s there). A decoder allowed one pixel refuses them all:
-# every stream parameter still comes from the headers, and decoding for real uses the stream's own decoder.
-HEADERS_ONLY = {"max_pixels": "1"}
-# probe_video never decodes a first frame larger than this unless told a limit (services pass the configured one).
+# What probing and opening decode at most per frame unless told a limit (services pass the configured one).
 DEFAULT_MAX_PIXELS = LimitsConfig.max_source_pixels
+
+
+def analysis_options(max_pixels: int) -> dict[str, str]:
+    """av.open options under which FFmpeg's stream analysis decodes no frame over `max_pixels`.
+
+    Opening a container decodes a few pictures to complete what the headers say (an H.264 stream claiming
+    16000x16000 costs 0.7 GB and 2 s there). Past the limit the analysis decoder refuses: the size then comes from
+    the headers alone (H.264/HEVC parsers keep it; some codecs, VP9 or MPEG-4 in AVI, are left at 0 x 0). Refusing
+    every picture would lose those sizes for all videos, and skipping decoding makes the analysis read megabytes
+    more. Decoding for real uses the stream's own decoder, which these options do not touch.
+    """
+    return {"max_pixels": str(max_pixels)}
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,7 @@ def probe_video(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
     header says it has more than `max_pixels` pixels is not decoded (thumbnails refuse such a video before they
     ask; a clip copies packets and needs no pixels): its size is then the header's, without rotation.
     """
-    with _open(path) as container:
+    with _open(path, max_pixels) as container:
         stream = _video_stream(container)
         time_base = stream.time_base or Fraction(1, 1000)
         duration = container.duration / av.time_base if container.duration else 0.0
@@ -86,7 +94,7 @@ def grab_frames(path: Path, times: list[float], scale: float = 1.0,
     """
     order = sorted(range(len(times)), key=lambda index: times[index])
     found: dict[int, Image.Image] = {}
-    with _open(path) as container:
+    with _open(path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels) as container:
         stream = _video_stream(container)
         if max_pixels is not None:
             refuse_oversized(stream, max_pixels)
@@ -155,8 +163,10 @@ class _ForwardDecoder:
         while True:
             position = max(target - back, 0.0)
             try:
-                self.container.seek(int((position + self.start) / self.time_base), stream=self.stream,
-                                    backward=True, any_frame=False)
+                # freshly opened, the start needs no seek (and seeking a short MPEG-TS to its start lands at its end)
+                if position > 0.0 or self.frames is not None:
+                    self.container.seek(int((position + self.start) / self.time_base), stream=self.stream,
+                                        backward=True, any_frame=False)
             except av.FFmpegError:
                 if self.frames is not None:  # already read from: only a seek can go back, and none works
                     raise Unprocessable("the video cannot be seeked") from None
@@ -194,8 +204,12 @@ def refuse_oversized(stream, max_pixels: int) -> None:
 
 
 def _limit_decoder(stream, max_pixels: int) -> None:
-    """The decoder refuses any frame over `max_pixels`, whatever a later header in the stream claims."""
-    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(max_pixels)}
+    """The decoder refuses any frame well over `max_pixels`, whatever a later header in the stream claims.
+
+    Decoders check the frame they allocate, padded (VP9 aligns each side to 64 pixels; MPEG-4 asks 54 K pixels for
+    a 96x64 frame): a frame at the limit must pass."""
+    padded = max_pixels * 5 // 4 + 256 * 256
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(padded)}
 
 
 def _header_display_size(stream) -> tuple[int, int]:
@@ -280,9 +294,9 @@ def frame_times(info: VideoInfo, *, vid_sec: float | None, thumb_offset: float |
     return [min(max(vid_sec, 0.0), duration)]
 
 
-def _open(path: Path):
+def _open(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
     try:
-        return av.open(str(path), metadata_errors="ignore", options=HEADERS_ONLY)
+        return av.open(str(path), metadata_errors="ignore", options=analysis_options(max_pixels))
     except (av.FFmpegError, OSError, ValueError) as error:
         raise Unprocessable(f"the video cannot be opened ({_reason(error)})") from None
 
