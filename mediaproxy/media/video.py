@@ -449,5 +449,3 @@ def _from_keyframe(container, video, audio, start: float):
             if position == 0.0:
                 raise Unprocessable("the video has no keyframe to start a clip at")
         back = max(back * 2, 1.0)
-
-
