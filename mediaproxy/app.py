@@ -7,6 +7,7 @@ SPEC §6 answer in `_errors` (a status, a one-line body, Kaltura's headers, neve
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import time
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import __version__, metrics, urls
 from .access import AccessPolicy
@@ -35,6 +37,8 @@ from .store import Store
 from .workpool import WorkPool
 
 log = logging.getLogger(__name__)
+# aiohttp's connection-level messages (requests it could not parse, failures outside any handler)
+server_log = logging.getLogger("mediaproxy.server")
 
 RUNTIME = web.AppKey("runtime", "Runtime")
 
@@ -66,7 +70,7 @@ class Runtime:
                            not_found_seconds=config.origin.not_found_seconds, block_bytes=config.origin.block_bytes,
                            wait_seconds=config.origin.deadline_seconds)
         self.access = AccessPolicy(config)
-        self.sources = Sources(self.store, self.pool)
+        self.sources = Sources(self.store, self.pool, config.limits.max_source_pixels)
         self.results = ResultCache(self.memory, self.disk)
         self.services = {
             "raw": RawService(self.sources, config),
@@ -115,7 +119,12 @@ def _make_origin(config: Config) -> Origin:
 
 def make_app(config: Config) -> web.Application:
     runtime = Runtime(config)
-    app = web.Application(middlewares=[_errors], client_max_size=1024)
+    # Whatever runner serves the app, every request gets one line of mediaproxy's access log, in the configured
+    # format, and aiohttp's own messages go to a logger that drops its tracebacks of unparsable requests.
+    handler_args = {"access_log_class": AccessLogger, "access_log_format": config.server.log_format,
+                    "logger": server_log}
+    app = web.Application(middlewares=[_errors], client_max_size=1024, handler_args=handler_args)
+    app._make_request = functools.partial(app._make_request, _cls=_Request)  # see _Request
     app[RUNTIME] = runtime
 
     async def lifecycle(app: web.Application):
@@ -182,6 +191,62 @@ def _as_kaltura_error(http_error: web.HTTPException) -> MediaProxyError:
     return error
 
 
+class _Request(web.Request):
+    """A request that also passes through mediaproxy when aiohttp answers it alone.
+
+    A request whose line or headers aiohttp cannot parse (a bad HTTP version, a control character in the target,
+    a NUL in a header) is answered 400 by aiohttp itself, before routing and middlewares, with the raw line quoted
+    in the body. aiohttp has no public hook for that answer (aio-libs/aiohttp#3287); the prepare hook of the
+    request is the one point it passes, so there it becomes the SPEC §6 answer that every other error is.
+    """
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        if self._match_info is None and isinstance(response, web.Response):  # never routed: aiohttp's own answer
+            _as_spec_error(response)
+            await _finish_response(self, response)
+            return
+        await super()._prepare_hook(response)
+
+
+# aiohttp's reasons for refusing a request, as its parsers word them (the raw bytes follow a blank line, except
+# after "Got more than"), and what we say instead: the raw line it quotes (a KS in it too) never goes back out.
+_UNPARSABLE_REASONS = (
+    ("Got more than", "the request line or a header is too long"),
+    ("HTTPS traffic", "HTTPS was sent to this HTTP port"),
+    ("version", "the request line's HTTP version is not HTTP/1.0 or HTTP/1.1"),
+    ("url", "the request target holds a character that is not allowed (a control character or a space)"),
+    ("method", "the request method is not a valid token"),
+    ("Host", "the Host header is missing or repeated"),
+    ("Content-Length", "the Content-Length header is malformed"),
+    ("header", "a request header is malformed (a control character, or a name that is not a token)"),
+    ("status line", "the request line is not METHOD TARGET HTTP/1.x"),
+)
+
+
+def _as_spec_error(response: web.Response) -> None:
+    said = (response.text or "").split("\n\n", 1)[0]
+    reason = next((ours for theirs, ours in _UNPARSABLE_REASONS if theirs.lower() in said.lower()),
+                  "the request is not valid HTTP/1.1")
+    error = BadRequest(f"bad request: {reason}")
+    error.status = response.status
+    answer = error_response(error)
+    response.body = answer.body
+    response.headers.update(answer.headers)
+    response.headers["Content-Length"] = str(len(answer.body))  # aiohttp counted its own body before this hook
+
+
+class _UnparsableRequestTracebacks(logging.Filter):
+    """aiohttp logs every request it cannot parse as an ERROR with a traceback quoting the raw request line or
+    header: a client's mistake (or a scanner's) worth its access-log line, not a traceback, and never its KS."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, HttpProcessingError)
+
+
+server_log.addFilter(_UnparsableRequestTracebacks())
+
+
 async def _finish_response(request: web.Request, response: web.StreamResponse) -> None:
     """Headers every answer carries, and the request's metrics (status final here, even for 206/304/416)."""
     response.headers["Server"] = SERVER_HEADER
@@ -215,7 +280,12 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request (text or JSON, `[server] log_format`), the KS redacted from the path."""
+    """One line per request, the KS redacted from the path. `log_format` is `[server] log_format` ("json": one JSON
+    object per line; anything else: text), given by make_app's handler_args.
+
+    Requests aiohttp could not parse reach this too (as method UNKNOWN, path /), never routed: nothing here may
+    ask for the app.
+    """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         entry = request.get(ENTRY)
@@ -225,8 +295,7 @@ class AccessLogger(AbstractAccessLogger):
             "service": request.get(SERVICE), "tier": request.get(TIER),
             "partner": entry.partner_id if entry else None, "entry": entry.entry_id if entry else None,
         }
-        runtime = request.app.get(RUNTIME) if hasattr(request, "app") else None
-        if runtime is not None and runtime.config.server.log_format == "json":
+        if self.log_format == "json":
             self.logger.info(json.dumps(fields, separators=(",", ":")))
         else:
             self.logger.info("%s %s %s %d %s %.1fms %s", fields["remote"], fields["method"], fields["path"],

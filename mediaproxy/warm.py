@@ -12,6 +12,8 @@ from typing import TextIO
 
 import aiohttp
 
+CHUNK_BYTES = 256 * 1024  # a response is counted as it streams by, never held whole (a raw original may be GBs)
+
 
 @dataclass
 class Summary:
@@ -42,6 +44,8 @@ def targets(lines: Iterable[str], base: str) -> list[str]:
 
 async def warm(urls: list[str], *, concurrency: int = 8, timeout: float = 120.0,
                progress: TextIO | None = sys.stderr) -> Summary:
+    """GET every URL, `concurrency` at a time. `timeout` bounds connecting and each wait for bytes, not a whole
+    transfer: a large original that keeps flowing is warmed however long it takes."""
     summary = Summary()
     queue: asyncio.Queue[str] = asyncio.Queue()
     for url in urls:
@@ -53,7 +57,8 @@ async def warm(urls: list[str], *, concurrency: int = 8, timeout: float = 120.0,
             url = queue.get_nowait()
             try:
                 async with session.get(url) as response:
-                    summary.bytes += len(await response.read())
+                    async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                        summary.bytes += len(chunk)
                     summary.statuses[response.status] += 1
                     if response.status >= 400:
                         summary.failures.append((url, f"{response.status} {response.headers.get('X-Kaltura-App', '')}"
@@ -64,7 +69,8 @@ async def warm(urls: list[str], *, concurrency: int = 8, timeout: float = 120.0,
             if progress is not None:
                 _show(progress, summary, len(urls), time.monotonic() - started)
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+    limits = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    async with aiohttp.ClientSession(timeout=limits) as session:
         await asyncio.gather(*(fetch(session) for _ in range(max(1, concurrency))))
     summary.seconds = time.monotonic() - started
     if progress is not None:

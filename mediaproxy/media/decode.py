@@ -20,6 +20,10 @@ ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 _SRGB = ImageCms.createProfile("sRGB")
 DRAFT_GAP = 1.0  # decode at the largest JPEG scale that still has every pixel the output needs (as libvips)
+# SPEC §2: metadata an output carries is bounded. A larger ICC profile is applied to the pixels instead of copied;
+# EXIF or XMP larger than one JPEG marker segment holds (which Pillow's JPEG writer refuses) is dropped.
+MAX_KEPT_ICC_BYTES = 64 * 1024
+MAX_KEPT_SEGMENT_BYTES = 65_504
 
 
 @dataclass
@@ -91,6 +95,8 @@ def _decode(image: Image.Image, scale: int) -> Decoded:
     info = _metadata(image)
     if image.mode == "CMYK":
         image = _cmyk_to_rgb(image, info.pop("icc_profile", None))
+    elif len(info.get("icc_profile", b"")) > MAX_KEPT_ICC_BYTES:
+        image = _to_srgb(image, info.pop("icc_profile"))
     return Decoded(image, source_size, info)
 
 
@@ -117,6 +123,20 @@ def _cmyk_to_rgb(image: Image.Image, profile: bytes | None) -> Image.Image:
     return image.convert("RGB")
 
 
+def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
+    """The pixels converted from their (RGB) profile to sRGB, which an output without a profile is read as."""
+    mode = "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        image = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        pass  # a profile lcms cannot read: the pixels as stored, as a browser shows them
+    image.info.pop("icc_profile", None)  # nor kept alive with a decoded picture held in memory
+    return image
+
+
 def _orientation(image: Image.Image) -> int:
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
@@ -131,11 +151,14 @@ def _metadata(image: Image.Image) -> dict:
         exif = image.getexif()
         if exif:
             exif.pop(ORIENTATION_TAG, None)  # the pixels are oriented now; the output carries no orientation
-            info["exif"] = exif.tobytes()
+            data = exif.tobytes()
+            if len(data) <= MAX_KEPT_SEGMENT_BYTES:
+                info["exif"] = data
     except Exception:  # noqa: BLE001 - unreadable EXIF is dropped, not fatal
         pass
-    if image.info.get("xmp"):
-        info["xmp"] = image.info["xmp"]
+    xmp = image.info.get("xmp")
+    if xmp and len(xmp) <= MAX_KEPT_SEGMENT_BYTES:
+        info["xmp"] = xmp
     profile = image.info.get("icc_profile")
     if profile and (profile[16:20] == b"RGB " or image.mode == "CMYK"):  # output is RGB: no grey profiles on it
         info["icc_profile"] = profile

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import BinaryIO
 
 import av
 from PIL import Image
+
+from .video import DEFAULT_MAX_PIXELS, analysis_options, coded_size
 
 
 class MediaKind(StrEnum):
@@ -33,23 +36,29 @@ class MediaInfo:
 OTHER = MediaInfo(MediaKind.OTHER, "application/octet-stream", "")
 
 # Pillow format → (MIME type, extension); formats not listed (e.g. Pillow's MPEG sniffer) are left to PyAV.
+# MPO is a JPEG followed by more pictures (stereo cameras, phones): JPEG readers show its first.
 _IMAGE_FORMATS = {
-    "JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "GIF": ("image/gif", "gif"),
-    "WEBP": ("image/webp", "webp"), "AVIF": ("image/avif", "avif"), "TIFF": ("image/tiff", "tif"),
+    "JPEG": ("image/jpeg", "jpg"), "MPO": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
+    "GIF": ("image/gif", "gif"), "WEBP": ("image/webp", "webp"), "AVIF": ("image/avif", "avif"),
+    "TIFF": ("image/tiff", "tif"),
     "BMP": ("image/bmp", "bmp"), "ICO": ("image/x-icon", "ico"), "PPM": ("image/x-portable-anymap", "ppm"),
     "TGA": ("image/x-tga", "tga"), "JPEG2000": ("image/jp2", "jp2"), "HEIF": ("image/heif", "heic"),
 }
 _MP4_FAMILY = "mov,mp4,m4a,3gp,3g2,mj2"
 
 
-def probe(source: BinaryIO, name_hint: str = "") -> MediaInfo:
-    """Identify a file (a seekable binary file object). `name_hint` (its name at the origin) only picks among
-    equivalent extensions (mov/mp4)."""
+def probe(source: Path | BinaryIO, name_hint: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> MediaInfo:
+    """Identify a file (a path, or a seekable binary file object). `name_hint` (its name at the origin) only picks
+    among equivalent extensions (mov/mp4). FFmpeg's stream analysis decodes no video frame over `max_pixels` (see
+    video.analysis_options)."""
+    if isinstance(source, Path):
+        with open(source, "rb") as opened:
+            return probe(opened, name_hint, max_pixels)
     image = _probe_image(source)
     if image is not None:
         return image
     source.seek(0)
-    return _probe_av(source, name_hint.rpartition(".")[2].lower()) or OTHER
+    return _probe_av(source, name_hint.rpartition(".")[2].lower(), max_pixels) or OTHER
 
 
 def _probe_image(source: BinaryIO) -> MediaInfo | None:
@@ -73,16 +82,18 @@ def _jpeg_orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _probe_av(source: BinaryIO, hinted_extension: str) -> MediaInfo | None:
+def _probe_av(source: BinaryIO, hinted_extension: str, max_pixels: int) -> MediaInfo | None:
     try:
-        container = av.open(source, metadata_errors="ignore")
+        container = av.open(source, metadata_errors="ignore", options=analysis_options(max_pixels))
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
         return None
     with container:
         if container.format.name == "image2" or container.format.name.endswith("_pipe"):
             return None  # a still image FFmpeg reads but Pillow could not: a damaged picture, not a video
-        videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-        audios = list(container.streams.audio)
+        # streams without a codec context are of codecs FFmpeg cannot decode: nothing to show or clip
+        videos = [s for s in container.streams.video
+                  if s.codec_context is not None and not s.disposition & av.stream.Disposition.attached_pic]
+        audios = [s for s in container.streams.audio if s.codec_context is not None]
         if not videos and not audios:
             return None
         kind = MediaKind.VIDEO if videos else MediaKind.AUDIO
@@ -92,8 +103,7 @@ def _probe_av(source: BinaryIO, hinted_extension: str) -> MediaInfo | None:
             if stream.duration and stream.time_base:
                 duration = float(stream.duration * stream.time_base)
         mime, extension = _container_type(container.format.name, kind, hinted_extension, videos, audios)
-        width = videos[0].codec_context.width if videos else 0
-        height = videos[0].codec_context.height if videos else 0
+        width, height = coded_size(videos[0]) if videos else (0, 0)  # what decoding a frame would allocate
         return MediaInfo(kind, mime, extension, container.format.name, width, height, duration, frames=0)
 
 

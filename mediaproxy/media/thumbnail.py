@@ -86,7 +86,7 @@ def render_video(request: ThumbnailRequest, source: BinaryIO, times: list[float]
     width, height = plan.output_size
     if len(times) > 1 and width * len(times) >= STRIP_LIMIT:
         raise BadRequest(f"vid_slices: a strip of {len(times)} frames {width} wide is too large (limit {STRIP_LIMIT})")
-    frames = grab_frames(source, times, min(1.0, plan.scale), keyframes)
+    frames = grab_frames(source, times, min(1.0, plan.scale), keyframes, settings.max_source_pixels)
     clock.lap("decode")
     return render_pictures(request, frames, display_size, settings, clock)
 

@@ -19,8 +19,23 @@ import av
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from PIL import Image
 
-from ..errors import BadRequest, Unprocessable
+from ..config import LimitsConfig
+from ..errors import BadRequest, TooLarge, Unprocessable
 
+# What probing and opening decode at most per frame unless told a limit (services pass the configured one).
+DEFAULT_MAX_PIXELS = LimitsConfig.max_source_pixels
+
+
+def analysis_options(max_pixels: int) -> dict[str, str]:
+    """av.open options under which FFmpeg's stream analysis decodes no frame over `max_pixels`.
+
+    Opening a container decodes a few pictures to complete what the headers say (an H.264 stream claiming
+    16000x16000 costs 0.7 GB and 2 s there). Past the limit the analysis decoder refuses: the size then comes from
+    the headers alone (H.264/HEVC parsers keep it; some codecs, VP9 or MPEG-4 in AVI, are left at 0 x 0). Refusing
+    every picture would lose those sizes for all videos, and skipping decoding makes the analysis read megabytes
+    more. Decoding for real uses the stream's own decoder, which these options do not touch.
+    """
+    return {"max_pixels": str(max_pixels)}
 
 
 @dataclass(frozen=True)
@@ -36,12 +51,14 @@ class VideoInfo:
     audio_codec: str | None
 
 
-def probe_video(source: Path | BinaryIO) -> VideoInfo:
+def probe_video(source: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
     """What frame grabs and clips need to know, read once per original (the caller caches it).
 
-    The first frame is decoded: only a decoded frame tells the rotation a phone recorded.
+    The first frame is decoded: only a decoded frame tells the rotation a phone recorded. A frame whose stream
+    header says it has more than `max_pixels` pixels is not decoded (thumbnails refuse such a video before they
+    ask; a clip copies packets and needs no pixels): its size is then the header's, without rotation.
     """
-    with _open(source) as container:
+    with _open(source, max_pixels) as container:
         stream = _video_stream(container)
         time_base = stream.time_base or Fraction(1, 1000)
         duration = container.duration / av.time_base if container.duration else 0.0
@@ -49,30 +66,40 @@ def probe_video(source: Path | BinaryIO) -> VideoInfo:
             duration = float(stream.duration * time_base)
         start = float(stream.start_time * time_base) if stream.start_time else 0.0
         keyframes = _keyframe_times(stream, time_base)
-        first = _ForwardDecoder(container, stream, time_base, start, keyframes).first_frame()
-        if first is None:
-            raise Unprocessable("the video has no decodable frames")
-        width, height = _display_size(first, stream, 1.0)
+        coded_width, coded_height = coded_size(stream)
+        if coded_width * coded_height > max_pixels:
+            width, height = _header_display_size(stream)
+        else:
+            _limit_decoder(stream, max_pixels)
+            first = _ForwardDecoder(container, stream, time_base, start, keyframes).first_frame()
+            if first is None:
+                raise Unprocessable("the video has no decodable frames")
+            width, height = _display_size(first, stream, 1.0)
         rate = stream.average_rate or stream.guessed_rate or 25
-        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        audio_stream = _audio_stream(container)
+        audio = audio_stream.codec_context.name if audio_stream is not None else None
         return VideoInfo(duration=max(duration, 0.0), width=width, height=height, frame_rate=float(rate),
                          keyframes=keyframes, has_audio=audio is not None, container=container.format.name,
                          video_codec=stream.codec_context.name, audio_codec=audio)
 
 
 def grab_frames(source: Path | BinaryIO, times: list[float], scale: float = 1.0,
-                keyframes: tuple[float, ...] | None = None) -> list[Image.Image]:
+                keyframes: tuple[float, ...] | None = None, max_pixels: int | None = None) -> list[Image.Image]:
     """The frames shown at `times` (seconds from the start), in the order asked, as upright RGB images.
 
     One pass over the file: targets are visited in time order, seeking forward only when the next target lies
     beyond the keyframe that follows the current position. `scale` (≤ 1) shrinks the frames in swscale.
     `keyframes`: what probe_video found (None: read the container's index again). A time past the end gives the
-    last frame.
+    last frame. `max_pixels`: a video whose stream header claims larger frames is refused (TooLarge) before
+    anything is decoded, and a frame larger than that later in the stream is not decoded.
     """
     order = sorted(range(len(times)), key=lambda index: times[index])
     found: dict[int, Image.Image] = {}
-    with _open(source) as container:
+    with _open(source, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels) as container:
         stream = _video_stream(container)
+        if max_pixels is not None:
+            refuse_oversized(stream, max_pixels)
+            _limit_decoder(stream, max_pixels)
         stream.thread_type = "SLICE"  # frame threading would hold each frame back by a thread count of frames
         time_base = stream.time_base or Fraction(1, 1000)
         start = float(stream.start_time * time_base) if stream.start_time else 0.0
@@ -137,8 +164,10 @@ class _ForwardDecoder:
         while True:
             position = max(target - back, 0.0)
             try:
-                self.container.seek(int((position + self.start) / self.time_base), stream=self.stream,
-                                    backward=True, any_frame=False)
+                # freshly opened, the start needs no seek (and seeking a short MPEG-TS to its start lands at its end)
+                if position > 0.0 or self.frames is not None:
+                    self.container.seek(int((position + self.start) / self.time_base), stream=self.stream,
+                                        backward=True, any_frame=False)
             except av.FFmpegError:
                 if self.frames is not None:  # already read from: only a seek can go back, and none works
                     raise Unprocessable("the video cannot be seeked") from None
@@ -154,13 +183,58 @@ class _ForwardDecoder:
 
     def _decode(self):
         try:
-            for packet in self.container.demux(self.stream):
+            for packet in demux(self.container, self.stream):
                 try:
                     yield from packet.decode()
                 except av.InvalidDataError:
                     continue  # a damaged packet: skip it, as players do
         except av.FFmpegError as error:
             raise Unprocessable(f"the video cannot be decoded ({_reason(error)})") from None
+
+
+def coded_size(stream) -> tuple[int, int]:
+    """The frame size a stream's header declares (what a decoder allocates), 0 where it declares none."""
+    context = stream.codec_context
+    return max(context.width, context.coded_width), max(context.height, context.coded_height)
+
+
+def refuse_oversized(stream, max_pixels: int) -> None:
+    width, height = coded_size(stream)
+    if width * height > max_pixels:
+        raise TooLarge(f"the video's frames are {width}x{height} pixels (limit {max_pixels})")
+
+
+def _limit_decoder(stream, max_pixels: int) -> None:
+    """The decoder refuses any frame well over `max_pixels`, whatever a later header in the stream claims.
+
+    Decoders check the frame they allocate, padded (VP9 aligns each side to 64 pixels; MPEG-4 asks 54 K pixels for
+    a 96x64 frame): a frame at the limit must pass."""
+    padded = max_pixels * 5 // 4 + 256 * 256
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(padded)}
+
+
+def _header_display_size(stream) -> tuple[int, int]:
+    width, height = stream.codec_context.width, stream.codec_context.height
+    aspect = stream.sample_aspect_ratio
+    if aspect and aspect > 0 and aspect != 1:
+        width = width * aspect
+    return max(1, round(width)), max(1, height)
+
+
+def demux(container, *streams):
+    """container.demux(*streams), surviving a file that grows streams while it is read (FLV may).
+
+    PyAV sizes its table of the streams to read at the start; after the last packet it flushes every stream of
+    the container, and on a stream added since it fails with IndexError. Every packet has come by then: what
+    is left is the flush packets (an empty packet per stream drains its decoder), given here instead.
+    """
+    try:
+        yield from container.demux(*streams)
+    except IndexError:
+        for stream in streams:
+            flush = av.Packet()
+            flush.stream = stream
+            yield flush
 
 
 def _keyframe_times(stream, time_base: Fraction) -> tuple[float, ...]:
@@ -221,9 +295,10 @@ def frame_times(info: VideoInfo, *, vid_sec: float | None, thumb_offset: float |
     return [min(max(vid_sec, 0.0), duration)]
 
 
-def _open(source: Path | BinaryIO):
+def _open(source: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS):
     try:
-        return av.open(str(source) if isinstance(source, Path) else source, metadata_errors="ignore")
+        return av.open(str(source) if isinstance(source, Path) else source, metadata_errors="ignore",
+                       options=analysis_options(max_pixels))
     except (av.FFmpegError, OSError, ValueError) as error:
         raise Unprocessable(f"the video cannot be opened ({_reason(error)})") from None
 
@@ -231,8 +306,15 @@ def _open(source: Path | BinaryIO):
 def _video_stream(container):
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
+            if stream.codec_context is None:  # FFmpeg knows no decoder for it
+                raise Unprocessable("the file's video codec is not one FFmpeg decodes")
             return stream
     raise Unprocessable("the file has no video stream")
+
+
+def _audio_stream(container):
+    """The first audio stream FFmpeg has a decoder for, or None."""
+    return next((stream for stream in container.streams.audio if stream.codec_context is not None), None)
 
 
 def _reason(error: Exception) -> str:
@@ -256,21 +338,47 @@ def cut_clip(source: Path | BinaryIO, target: Path, start: float, end: float | N
 
     Timestamps are rebased so the clip starts at 0, audio kept with the video it played beside; MP4 is written
     with its index at the front (playable while it downloads). Runs Python per packet: keep it off the event loop.
+    A damaged source whose packets FFmpeg cannot read or write is Unprocessable, never a half-written success.
     """
     with _open(source) as container:
         video = _video_stream(container)
-        audio = container.streams.audio[0] if container.streams.audio else None
+        audio = _audio_stream(container)
         allowed = _MP4_CODECS if output == "mp4" else _FLV_CODECS
         for stream in filter(None, (video, audio)):
             codec = stream.codec_context.codec.canonical_name  # "flv1", "mp3": not decoder names like "mp3float"
             if codec not in allowed:
                 raise BadRequest(f"flvclipper: {codec} cannot go in an {output} clip")
         options = {"movflags": "+faststart"} if output == "mp4" else {}
-        with av.open(str(target), "w", format=CLIP_FORMATS[output], options=options) as out:
-            streams = {video.index: out.add_stream_from_template(video)}
-            if audio is not None:
-                streams[audio.index] = out.add_stream_from_template(audio)
-            return _copy_packets(container, video, audio, lambda packet: _mux(out, streams, packet), start, end)
+        try:
+            with av.open(str(target), "w", format=CLIP_FORMATS[output], options=options) as out:
+                streams = {video.index: out.add_stream_from_template(video)}
+                if audio is not None:
+                    streams[audio.index] = out.add_stream_from_template(audio)
+                mux = _Muxer(out, streams, video)
+                clip = _copy_packets(container, video, audio, mux, start, end)
+        except av.FFmpegError as error:
+            raise Unprocessable(f"the video cannot be clipped ({_reason(error)})") from None
+        if not mux.video_packets:  # nothing written: FFmpeg has not even created the file
+            raise Unprocessable(f"the video has no readable frames from {start:g} s on")
+        return clip
+
+
+class _Muxer:
+    """Copies packets into the clip. A packet the muxer refuses (timestamps out of order in a damaged file) is
+    left out, as players skip what they cannot place."""
+
+    def __init__(self, out, streams: dict, video) -> None:
+        self.out, self.streams, self.video = out, streams, video
+        self.video_packets = 0
+
+    def __call__(self, packet) -> None:
+        is_video = packet.stream is self.video
+        packet.stream = self.streams[packet.stream.index]
+        try:
+            self.out.mux(packet)
+        except av.ArgumentError:
+            return
+        self.video_packets += is_video
 
 
 def _copy_packets(container, video, audio, mux, start: float, end: float | None) -> Clip:
@@ -321,7 +429,7 @@ def _from_keyframe(container, video, audio, start: float):
         except av.FFmpegError:
             position = 0.0
             container.seek(0, backward=True)
-        packets = container.demux(*streams)
+        packets = demux(container, *streams)
         held: list = []  # packets since the best keyframe so far
         best = None
         for packet in packets:
@@ -343,8 +451,3 @@ def _from_keyframe(container, video, audio, start: float):
             if position == 0.0:
                 raise Unprocessable("the video has no keyframe to start a clip at")
         back = max(back * 2, 1.0)
-
-
-def _mux(out, streams, packet) -> None:
-    packet.stream = streams[packet.stream.index]
-    out.mux(packet)

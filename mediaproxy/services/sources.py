@@ -25,9 +25,10 @@ class Source:
 
 
 class Sources:
-    def __init__(self, store: Store, pool: WorkPool) -> None:
+    def __init__(self, store: Store, pool: WorkPool, max_pixels: int) -> None:
         self.store = store
         self.pool = pool
+        self.max_pixels = max_pixels  # FFmpeg's stream analysis and first-frame decode stay under it
         self._probed: LRUCache[str, MediaInfo] = LRUCache(maxsize=50_000)  # by the file's identity
         self._videos: LRUCache[str, VideoInfo] = LRUCache(maxsize=50_000)
 
@@ -35,7 +36,7 @@ class Sources:
         file = await self.store.get(ref, selector)
         media = self._probed.get(file.identity)
         if media is None:
-            media = await self.read(file, lambda source: probe(source, file.file_name))
+            media = await self.read(file, lambda source: probe(source, file.file_name, self.max_pixels))
             self._probed[file.identity] = media
         return Source(file, media)
 
@@ -43,7 +44,7 @@ class Sources:
         """Duration, display size, keyframes... of a video, probed once per original."""
         info = self._videos.get(source.file.identity)
         if info is None:
-            info = await self.read(source.file, probe_video)
+            info = await self.read(source.file, lambda opened: probe_video(opened, self.max_pixels))
             self._videos[source.file.identity] = info
         return info
 

@@ -69,6 +69,8 @@ class ThumbnailService:
         max_age = self.config.max_age("thumbnail", request.entry.partner_id)
         times: list[float] = []
         if source.media.kind is MediaKind.VIDEO:
+            # from the stream header, before video_info's probe decodes a first frame
+            _refuse_oversized(source.media, self.config.limits.max_source_pixels)
             info = await self.sources.video_info(source)
             times = frame_times(info, vid_sec=request.vid_sec, thumb_offset=source.file.manifest.thumb_offset,
                                 slices=request.vid_slices, slice_index=request.vid_slice,
@@ -111,9 +113,7 @@ class ThumbnailService:
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
         media, times, settings = source.media, prepared.times, prepared.settings
         if media.kind is MediaKind.IMAGE:
-            if media.width * media.height > settings.max_source_pixels:  # refused before decoding or queueing
-                raise TooLarge(f"the original is {media.width}x{media.height} pixels "
-                               f"(limit {settings.max_source_pixels})")
+            _refuse_oversized(media, settings.max_source_pixels)  # before decoding or queueing
             rendered = await self._render_image(request, source, settings)
         elif media.kind is MediaKind.VIDEO:
             info = await self.sources.video_info(source)
@@ -133,6 +133,13 @@ class _Prepared:
     headers: dict[str, str]
     times: list[float]  # video: the frames to grab
     settings: RenderSettings
+
+
+def _refuse_oversized(media: MediaInfo, max_pixels: int) -> None:
+    """SPEC §2: an image, or a video's frames, over the pixel limit as its header declares it: 413."""
+    if media.width * media.height > max_pixels:
+        what = "the original is" if media.kind is MediaKind.IMAGE else "the video's frames are"
+        raise TooLarge(f"{what} {media.width}x{media.height} pixels (limit {max_pixels})")
 
 
 def _jpeg_scale(request: ThumbnailRequest, media: MediaInfo, settings: RenderSettings) -> int:
