@@ -305,7 +305,7 @@ def redact_ks(target: str) -> str:
         name = unquote(key.replace("+", " "))
         if name == "ks":
             value = "[redacted]"
-        elif name == "url" and _MAY_NAME_KS.search(unquote(value.replace("+", " "))):
+        elif name == "url" and _may_hold_ks(unquote(value.replace("+", " "))):
             value = quote(redact_link(unquote(value.replace("+", " "))), safe=":/")
         pairs.append((key, value))
     return "/" + "/".join(redacted) + mark + "&".join(f"{key}={value}" for key, value in pairs)
@@ -434,7 +434,7 @@ class _Params:
         ignored = [Note(NoteKind.IGNORED, key, _MISPLACED.get((self.service, key), "ignored"))
                    for key in self.values if key not in self._read]
         if self.trailing is not None and not self.trailing_used:
-            what = "a trailing file name" if "." in self.trailing else "a last key without a value"
+            what = "a trailing file name" if "." in self.trailing else "a trailing key without a value"
             ignored.append(Note(NoteKind.IGNORED, self.trailing, f"ignored ({what})"))
         return self.notes + ignored
 
