@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from .check import main as check
 
         return check(args.source, base=args.base, concurrency=args.concurrency, timeout=args.timeout,
-                     as_json=args.json)
+                     json_output=args.json)
     if args.command == "ks":
         from .access import make_ks
 

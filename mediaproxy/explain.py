@@ -146,7 +146,7 @@ def explain(link: str, config: Config, policy: AccessPolicy, *, base_url: str, c
             forwarded_for: str | None = None) -> Explanation:
     """The explanation of `link` (a URL of any host, `host/path`, or a path) as this node's config reads it."""
     link = link.strip()
-    host, target = _split_link(link)
+    host, target = split_link(link)
     default_partner = config.defaults.partner_id
     try:
         where: Route | None = urls.route(target, default_partner)
@@ -232,7 +232,7 @@ def _refusal_json(refusal: Refusal) -> dict:
             "message": refusal.message}
 
 
-def _split_link(link: str) -> tuple[str | None, str]:
+def split_link(link: str) -> tuple[str | None, str]:
     """(host, request target) of a pasted link, the target encoded as a browser would send it."""
     host = None
     if _SCHEME.match(link) or link.startswith("//"):
