@@ -307,7 +307,13 @@ async def _main(source: str, base: str, concurrency: int, timeout: float, json_o
     if json_output:
         print(json.dumps(report_json(results, seconds, skipped, base), indent=2))
     else:
-        out = Console(width=None if sys.stdout.isatty() else 1000, highlight=False)  # to a file: rows never fold
-        out.print(table(results))
-        out.print(summary(results, seconds, skipped), markup=False)
+        if sys.stdout.isatty():
+            out = Console(highlight=False)
+            out.print(table(results))
+        else:  # to a file or a pipe: one line a row, no padding at the ends of lines
+            out = Console(width=1000, highlight=False, no_color=True)
+            with out.capture() as captured:
+                out.print(table(results))
+            sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+        print(summary(results, seconds, skipped))
     return 0 if all(result.ok for result in results) else 1
