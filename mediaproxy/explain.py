@@ -113,7 +113,8 @@ class Explanation:
                    "partner_id": self.ks.partner_id, "verified": self.ks.verified, "expired": self.ks.expired,
                    "problem": self.ks.problem, "text": str(self.ks)},
             "ks_required": self.ks_required,
-            "access": {"allowed": True} if self.refused is None else {"allowed": False, **_refusal_json(self.refused)},
+            "access": (None if self.error else {"allowed": True} if self.refused is None
+                       else {"allowed": False, **_refusal_json(self.refused)}),
             "error": _refusal_json(self.error) if self.error else None,
         }
 

@@ -398,13 +398,20 @@ async def test_console_on_a_phone_shows_the_entries_and_the_controls(browser, me
     pytest.param((1024, 768), {}, id="desktop-1024x768"),
 ])
 async def test_console_page_does_not_overflow_horizontally(browser, mediaproxy, viewport, options):
-    page, watch = await open_console(browser, mediaproxy, viewport=viewport, **options)
+    page, watch = await open_console(browser, mediaproxy, viewport=viewport, **options, **CLIPBOARD)
     await page.wait_for_function("document.querySelector('#headers tbody tr')", timeout=WAIT_MS)
     widths = await page.evaluate("({scroll: document.documentElement.scrollWidth, inner: window.innerWidth})")
     assert widths["scroll"] <= viewport[0] + 1, widths
     assert widths["inner"] == viewport[0], widths  # a phone zooms out to fit wider content: the layout widens
     box = await page.locator("#preview-media").bounding_box()  # the preview is centred in the visible width
     assert box["x"] >= 0 and box["x"] + box["width"] <= viewport[0], box
+    # nor once a long link is pasted and explained (its notes and local URL wrap)
+    await paste(page, "https://cdnapisec.kaltura.com/p/100/sp/10000/thumbnail/entryId/0_photo/width/90/height/20000"
+                      "/clientTag/kdp%3Av3.9.16%3AsomeVeryLongPlayerVersionString/playSessionId/" + "a" * 80)
+    await page.wait_for_function("document.querySelectorAll('#notes li').length === 4", timeout=WAIT_MS)
+    await wait_preview_image(page, "/entryId/0_photo/width/90/")
+    widths = await page.evaluate("({scroll: document.documentElement.scrollWidth, inner: window.innerWidth})")
+    assert widths["scroll"] <= viewport[0] + 1 and widths["inner"] == viewport[0], widths
     watch.assert_no_script_errors()
 
 

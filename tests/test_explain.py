@@ -316,6 +316,7 @@ async def test_a_malformed_link_is_explained_with_the_servers_own_answer(console
     assert headers["x-kaltura-app"] == f"exiting on error {error['code']} - {error['description']}"
     assert body.decode() == error["message"] + "\n"
     assert explained["canonical"] is None and explained["local_url"] is None and explained["parameters"] == []
+    assert explained["access"] is None  # refused before any access check, as the server does
 
 
 async def test_explain_reports_every_parameter_with_the_value_used(console):
