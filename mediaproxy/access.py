@@ -82,6 +82,39 @@ def claimed_partner(ks: str) -> int:
         raise BadKs("invalid KS: no partner") from None
 
 
+@dataclass(frozen=True)
+class KsShape:
+    """What a KS says of itself before any secret is used: its version and the partner it names."""
+
+    version: int  # 1 or 2
+    partner_id: int
+
+
+def ks_shape(ks: str) -> KsShape:
+    """A KS read without verifying it (for explaining links); BadKs when it is not even shaped like one."""
+    raw = _decode(ks)
+    if raw.startswith(b"v2|"):
+        try:
+            _, partner, ciphertext = raw.split(b"|", 2)
+            partner_id = int(partner)
+        except ValueError:
+            raise BadKs("invalid KS: malformed v2 header") from None
+        if not ciphertext or len(ciphertext) % 16:
+            raise BadKs("invalid KS: malformed v2 payload")
+        return KsShape(2, partner_id)
+    signature, separator, info = raw.partition(b"|")
+    if not separator or len(signature) != 40 or not all(byte in b"0123456789abcdefABCDEF" for byte in signature):
+        raise BadKs("invalid KS: unknown format")
+    fields = info.split(b";")
+    if len(fields) < 6:
+        raise BadKs("invalid KS: missing fields")
+    try:
+        partner_id, _, _ = int(fields[0]), int(fields[2]), int(fields[3])
+    except ValueError:
+        raise BadKs("invalid KS: malformed fields") from None
+    return KsShape(1, partner_id)
+
+
 def _decode(ks: str) -> bytes:
     text = ks.strip().replace(" ", "+").replace("-", "+").replace("_", "/")  # a '+' a query string made a space
     try:

@@ -149,11 +149,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
     target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
-    parsed = urls.parse(target, runtime.config.defaults.partner_id)
+    reading = urls.parse_target(target, runtime.config.defaults.partner_id)  # the KS beside the request, never in it
+    parsed = reading.request
     request[SERVICE] = parsed.service
     request[ENTRY] = parsed.entry
     grant = runtime.access.check(parsed.service, parsed.entry.partner_id, parsed.entry.entry_id,
-                                 parsed.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
+                                 reading.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
                                  remote=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
     request[PRIVATE] = grant.private
     limit = runtime.config.limits.request_seconds

@@ -1,4 +1,5 @@
-"""The `mediaproxy` command: serve (one process, or workers sharing the port); ks, url and warm helpers."""
+"""The `mediaproxy` command: serve (one process, or workers sharing the port); ks, url, warm, explain and check
+helpers."""
 
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     url_command.add_argument("--sp", type=int, help="sub-partner id (default partner × 100)")
     url_command.add_argument("--base", default="http://127.0.0.1:8080", help="scheme and host ('' for a path)")
     url_command.add_argument("params", nargs="*", metavar="key=value", help="parameters, in order")
+    explain_command = commands.add_parser("explain", help="how a media link (any host) is read, in words",
+                                          description="e.g. mediaproxy explain 'https://cdnapisec.kaltura.com/p/123/"
+                                                      "sp/12300/thumbnail/entry_id/0_abc/width/320'")
+    explain_command.add_argument("link", help="a media URL of any host, or a path")
+    explain_command.add_argument("--config", type=Path, help="config file (partners, defaults), as for serve")
+    explain_command.add_argument("--base", default="http://127.0.0.1:8080", help="this mediaproxy, for the local URL")
+    explain_command.add_argument("--json", action="store_true", help="print /explain's JSON instead of words")
+    check_command = commands.add_parser("check", help="check every media link of a page (or a list of URLs) "
+                                                      "against a mediaproxy; a table, exit status 1 if any fails")
+    check_command.add_argument("source", help="an HTML file, a file of URLs, - for stdin, or the URL of a page")
+    check_command.add_argument("--base", default="http://127.0.0.1:8080", help="the mediaproxy to ask, whatever "
+                                                                               "host the links name")
+    check_command.add_argument("--concurrency", type=int, default=8, help="requests at a time (default 8)")
+    check_command.add_argument("--timeout", type=float, default=60.0, help="seconds per link (default 60)")
+    check_command.add_argument("--json", action="store_true", help="print the results as JSON")
     args, extra = parser.parse_known_args(argv)  # `url` takes key=value pairs anywhere among its options
     if extra and args.command != "url" or any(item.startswith("-") for item in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -63,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         return _warm(args)
     if args.command == "url":
         return _url(args)
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "check":
+        from .check import main as check
+
+        return check(args.source, base=args.base, concurrency=args.concurrency, timeout=args.timeout,
+                     json_output=args.json)
     if args.command == "ks":
         from .access import make_ks
 
@@ -114,6 +137,22 @@ def _url(args: argparse.Namespace) -> int:
         return 2
     print(args.base.rstrip("/") + path)
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from .access import AccessPolicy
+    from .explain import explain
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"mediaproxy: config error: {error}", file=sys.stderr)
+        return 2
+    explanation = explain(args.link, config, AccessPolicy(config), base_url=args.base, client="127.0.0.1")
+    print(json.dumps(explanation.as_json(), indent=2) if args.json else explanation.words())
+    return 0 if explanation.error is None else 1
 
 
 def load_config(path: Path | None) -> Config:

@@ -3,9 +3,10 @@ page on another origin embedding mediaproxy's thumbnails, a strip, a clip and a 
 
 What a person would check by hand: the console lists every fixture entry with a loaded thumbnail, its controls
 change the URL, the preview and the response table, errors are shown, the clip and the raw video play, and the page
-fits a phone; on the other origin, images render at the requested sizes and the videos load, seek (Range) and play,
-cross-origin. No script errors on either page. The console screenshot is kept under the test's tmp dir (and
-written to docs/console.png, the README's picture, when MEDIAPROXY_UPDATE_SCREENSHOT=1).
+fits a phone; a media link of any host pasted into the URL field fills the controls and the preview and says how it
+is read (SPEC §9); on the other origin, images render at the requested sizes and the videos load, seek (Range) and
+play, cross-origin. No script errors on either page. Console screenshots are kept under the tests' tmp dirs (and the
+paste flow's is written to docs/console.png, the README's picture, when MEDIAPROXY_UPDATE_SCREENSHOT=1).
 
 The video fixture's frames are solid colours, one per second (fixtures/generate.py), so a screenshot of a `<video>`
 after a seek says which second is shown.
@@ -22,6 +23,7 @@ from aiohttp import web
 from PIL import Image
 
 from fixtures.generate import nearest_second_colour
+from mediaproxy.access import make_ks
 from mediaproxy.app import make_app
 from mediaproxy.config import load
 
@@ -176,9 +178,6 @@ async def test_console_lists_every_entry_with_its_thumbnail_and_is_screenshot(br
     await wait_header(page, "Content-Type", "image/jpeg")
     await page.wait_for_function("document.querySelectorAll('#snippets pre').length === 2", timeout=WAIT_MS)
     await page.screenshot(path=tmp_path / "console.png")  # the test run's artifact
-    if os.environ.get("MEDIAPROXY_UPDATE_SCREENSHOT"):  # the README's picture, refreshed on request
-        (REPO / "docs").mkdir(exist_ok=True)
-        await page.screenshot(path=REPO / "docs" / "console.png")
     assert Image.open(tmp_path / "console.png").size == (1280, 900)
     watch.assert_no_script_errors()
 
@@ -253,6 +252,131 @@ async def test_console_plays_the_clip_and_the_raw_video(browser, mediaproxy):
     watch.assert_no_script_errors()
 
 
+# ------------------------------------------------------------------------------------------------ pasting a link
+
+
+async def paste(page, link: str) -> None:
+    """Puts `link` on the clipboard and pastes it over the URL field's text, as a person does."""
+    await page.evaluate("(text) => navigator.clipboard.writeText(text)", link)
+    await page.click("#url")
+    await page.keyboard.press("Control+A")
+    await page.keyboard.press("Control+V")
+
+
+CLIPBOARD = {"permissions": ["clipboard-read", "clipboard-write"]}
+
+
+async def note_texts(page) -> list[str]:
+    return await page.eval_on_selector_all("#notes li", "items => items.map(item => item.textContent)")
+
+
+async def test_a_pasted_link_of_any_host_fills_the_controls_the_preview_and_says_how_it_is_read(
+        browser, mediaproxy, tmp_path):
+    page, watch = await open_console(browser, mediaproxy, **CLIPBOARD)
+    await wait_header(page, "Status", "200 OK")
+    link = ("https://cdnapisec.kaltura.com/p/100/sp/10000/thumbnail/entryId/0_photo/width/200/height/20000"
+            "/clientTag/kdp%3Av3.9")
+    await paste(page, link)
+    # the photo's card is chosen, the controls hold the values used, the preview is the pasted link served here
+    await page.wait_for_function("document.querySelector('[data-entry=\"100/0_photo\"]')"
+                                 ".getAttribute('aria-current') === 'true'", timeout=WAIT_MS)
+    assert await wait_preview_image(page, "/thumbnail/entryId/0_photo/width/200/height/20000") == \
+        {"width": 200, "height": round(200 * PHOTO[1] / PHOTO[0])}
+    assert await page.input_value("#url") == link  # the field keeps what was pasted
+    assert await page.text_content("#entry-title") == "Harbour photo"
+    assert await page.input_value('#controls [name="width"]') == "200"
+    assert await page.input_value('#controls [name="height"]') == "10000"
+    assert await page.input_value('#controls [name="type"]') == "1"
+    await page.wait_for_function("document.querySelectorAll('#notes li').length === 3", timeout=WAIT_MS)
+    assert await note_texts(page) == ["entryId read as entry_id", "height clamped to 10000", "clientTag ignored"]
+    local = f"{mediaproxy}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/200/height/10000"
+    assert await page.text_content("#local-url") == local
+    reading = await page.text_content("#reading")
+    assert reading.startswith("Read as thumbnail 200×10000 jpg of entry 0_photo, partner 100 (the link names "
+                              "cdnapisec.kaltura.com); served here as "), reading
+    await wait_header(page, "Status", "200 OK")
+    await wait_header(page, "Content-Type", "image/jpeg")
+    assert await page.is_hidden("#problem") and await page.is_hidden("#link-error")
+    await page.evaluate("document.querySelector('#url').scrollLeft = 0")  # the picture shows the link's host
+    await page.screenshot(path=tmp_path / "console-paste.png")  # the test run's artifact
+    if os.environ.get("MEDIAPROXY_UPDATE_SCREENSHOT"):  # the README's picture, refreshed on request
+        (REPO / "docs").mkdir(exist_ok=True)
+        await page.screenshot(path=REPO / "docs" / "console.png")
+
+    # a control changed afterwards: the URL is built from the controls again, as the local URL, and explained
+    await page.fill('#controls [name="width"]', "150")
+    assert await wait_preview_image(page, "/entry_id/0_photo/width/150/height/10000") == \
+        {"width": 150, "height": round(150 * PHOTO[1] / PHOTO[0])}
+    assert await page.input_value("#url") == local.replace("/width/200/", "/width/150/")
+    await page.wait_for_function("document.querySelectorAll('#notes li').length === 0"
+                                 " && document.querySelector('#local-url').textContent.includes('/width/150/')",
+                                 timeout=WAIT_MS)
+    watch.assert_no_script_errors()
+
+
+async def test_pasted_clip_and_ks_links_fill_their_service_and_the_ks(browser, mediaproxy):
+    page, watch = await open_console(browser, mediaproxy, **CLIPBOARD)
+    await paste(page, "https://cdn.example.com/s/p/100/flvclipper/entry_id/0_video/seek_from/1000/clip_to/3000/a.mp4")
+    await page.wait_for_function("document.querySelector('#preview-media')?.tagName === 'VIDEO'"
+                                 " && document.querySelector('#preview-media').src.includes('/s/p/100/flvclipper/')"
+                                 " && document.querySelector('#preview-media').readyState >= 2", timeout=WAIT_MS)
+    assert await page.get_attribute('#services [data-service="flvclipper"]', "aria-selected") == "true"
+    assert await page.text_content("#entry-title") == "Colour seconds"
+    assert [await page.input_value(f'#controls [name="{name}"]') for name in ("clip_from", "clip_to", "container")] \
+        == ["1000", "3000", "mp4"]
+    assert await page.evaluate("document.querySelector('#preview-media').duration") == pytest.approx(2.0, abs=0.2)
+    await wait_header(page, "X-Clip-Start-Ms", "1000")
+    notes = await note_texts(page)
+    assert "seek_from read as clip_from" in notes and "a.mp4 read as the output container: mp4" in notes
+    assert '/s/ ignored (a CDN\'s "secured" prefix)' in notes
+    assert await page.text_content("#local-url") == \
+        f"{mediaproxy}/p/100/sp/10000/flvclipper/entry_id/0_video/clip_from/1000/clip_to/3000/a.mp4"
+
+    ks = make_ks(200, "browser-test-secret", privileges="download:*")
+    await paste(page, f"https://cdn.example.com/p/200/sp/20000/raw/entry_id/0_private?ks={ks}")
+    await page.wait_for_function("document.querySelector('#preview-media')?.tagName === 'IMG'"
+                                 " && document.querySelector('#preview-media').src.includes('/raw/entry_id/0_private')"
+                                 " && document.querySelector('#preview-media').naturalWidth > 0", timeout=WAIT_MS)
+    assert await page.input_value('#controls [name="ks"]') == ks  # taken from the link itself, never from /explain
+    assert await page.get_attribute('#services [data-service="raw"]', "aria-selected") == "true"
+    await wait_header(page, "Status", "200 OK")
+    assert "KS: present, well-formed v1, partner 200, verified." in await page.text_content("#reading")
+    explained = [response for response in watch.responses if "/explain?" in response.url]
+    assert explained and not [response for response in explained if ks in await response.text()]
+    watch.assert_no_script_errors()
+
+
+async def test_a_pasted_malformed_or_unknown_link_says_why_in_words(browser, mediaproxy):
+    page, watch = await open_console(browser, mediaproxy, **CLIPBOARD)
+    await wait_header(page, "Status", "200 OK")
+    await paste(page, "https://cdnapisec.kaltura.com/p/100/sp/10000/thumbnail/entry_id/0_photo/width/abc")
+    await page.wait_for_function("!document.querySelector('#link-error').hidden", timeout=WAIT_MS)
+    expected = "HTTP 400: width: 'abc' is not an integer (Kaltura error-25)"
+    assert await page.text_content("#link-error") == expected
+    assert await page.text_content("#problem") == expected
+    assert await page.text_content("#reading") == "This link is not read as a media request (thumbnail, partner 100)."
+    assert await page.evaluate("document.querySelector('#preview').children.length") == 0
+
+    # not a media link at all, typed and confirmed with Enter
+    await page.fill("#url", "https://www.example.com/about/team.html")
+    await page.press("#url", "Enter")
+    await page.wait_for_function("document.querySelector('#link-error').textContent.startsWith('HTTP 404: ')",
+                                 timeout=WAIT_MS)
+    assert "no such service" in await page.text_content("#link-error")
+
+    # a well-formed link to an entry this origin does not hold: read, then answered 404 here
+    await paste(page, "https://cdnapisec.kaltura.com/p/123/sp/12300/thumbnail/entry_id/0_abc/width/320/vid_slices/4")
+    await page.wait_for_function("document.querySelector('#problem').textContent.includes('0_abc')", timeout=WAIT_MS)
+    assert await page.text_content("#problem") == "HTTP 404: no entry 0_abc for partner 123 (Kaltura error-1)"
+    assert await page.text_content("#entry-title") == "0_abc"
+    assert await page.is_hidden("#link-error")
+    assert await page.input_value('#controls [name="vid_slices"]') == "4"
+    assert await page.is_visible('#controls [name="vid_slices"]')  # an unknown entry may be a video
+    assert "height absent: follows the source's aspect ratio" in await note_texts(page)
+    assert await page.eval_on_selector_all("[data-entry][aria-current]", "cards => cards.length") == 0
+    watch.assert_no_script_errors(expected_failures=("/width/abc", "/entry_id/0_abc/"))
+
+
 PHONE = (390, 844)
 PHONE_OPTIONS = {"is_mobile": True, "has_touch": True, "device_scale_factor": 1}
 
@@ -274,13 +398,20 @@ async def test_console_on_a_phone_shows_the_entries_and_the_controls(browser, me
     pytest.param((1024, 768), {}, id="desktop-1024x768"),
 ])
 async def test_console_page_does_not_overflow_horizontally(browser, mediaproxy, viewport, options):
-    page, watch = await open_console(browser, mediaproxy, viewport=viewport, **options)
+    page, watch = await open_console(browser, mediaproxy, viewport=viewport, **options, **CLIPBOARD)
     await page.wait_for_function("document.querySelector('#headers tbody tr')", timeout=WAIT_MS)
     widths = await page.evaluate("({scroll: document.documentElement.scrollWidth, inner: window.innerWidth})")
     assert widths["scroll"] <= viewport[0] + 1, widths
     assert widths["inner"] == viewport[0], widths  # a phone zooms out to fit wider content: the layout widens
     box = await page.locator("#preview-media").bounding_box()  # the preview is centred in the visible width
     assert box["x"] >= 0 and box["x"] + box["width"] <= viewport[0], box
+    # nor once a long link is pasted and explained (its notes and local URL wrap)
+    await paste(page, "https://cdnapisec.kaltura.com/p/100/sp/10000/thumbnail/entryId/0_photo/width/90/height/20000"
+                      "/clientTag/kdp%3Av3.9.16%3AsomeVeryLongPlayerVersionString/playSessionId/" + "a" * 80)
+    await page.wait_for_function("document.querySelectorAll('#notes li').length === 4", timeout=WAIT_MS)
+    await wait_preview_image(page, "/entryId/0_photo/width/90/")
+    widths = await page.evaluate("({scroll: document.documentElement.scrollWidth, inner: window.innerWidth})")
+    assert widths["scroll"] <= viewport[0] + 1 and widths["inner"] == viewport[0], widths
     watch.assert_no_script_errors()
 
 

@@ -17,6 +17,7 @@ from mediaproxy.urls import (
     ResizeMode,
     ThumbnailRequest,
     parse,
+    parse_target,
     redact_ks,
 )
 
@@ -29,6 +30,11 @@ ENTRY = EntryRef(100, "0_abc")
 
 def p(target: str):
     return parse(target, DEFAULT_PARTNER)
+
+
+def ks_of(target: str) -> str | None:
+    """The KS the parser reads from a target (it travels beside the request, never inside it)."""
+    return parse_target(target, DEFAULT_PARTNER).ks
 
 
 def bad(target: str, name: str) -> BadRequest:
@@ -254,12 +260,13 @@ def test_unknown_keys_are_ignored(base):
 def test_thumbnail_strips_image_suffix_from_values(suffix):
     assert p(f"/p/100/thumbnail/entry_id/0_abc{suffix}").entry == ENTRY
     assert p(f"/p/100/thumbnail?entry_id=0_abc{suffix}").entry == ENTRY
-    request = p(f"{T}/width/200{suffix}/height/100{suffix}/flavor_id/0_fl{suffix}/file_name/pic{suffix}"
-                f"/ks/abc{suffix}/format/png{suffix}")
+    target = (f"{T}/width/200{suffix}/height/100{suffix}/flavor_id/0_fl{suffix}/file_name/pic{suffix}"
+              f"/ks/abc{suffix}/format/png{suffix}")
+    request = p(target)
     assert (request.width, request.height) == (200, 100)
     assert request.flavor_id == "0_fl"
     assert request.file_name == "pic"
-    assert request.ks == "abc"
+    assert ks_of(target) == "abc"
     assert request.format is OutputFormat.PNG
 
 
@@ -393,7 +400,7 @@ def test_thumbnail_defaults():
     assert request.strip is False
     assert request.is_strip is False
     assert request.format is OutputFormat.JPG
-    assert (request.version, request.flavor_id, request.file_name, request.ks) == (None, None, None, None)
+    assert (request.version, request.flavor_id, request.file_name, ks_of(T)) == (None, None, None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -737,9 +744,10 @@ def test_bad_thumbnail_version():
 
 def test_thumbnail_flavor_file_name_ks():
     request = p(T + "/flavor_id/0_fl/file_name/cover/ks/djJ8MTAw")
-    assert (request.flavor_id, request.file_name, request.ks) == ("0_fl", "cover", "djJ8MTAw")
-    assert p(T + "?ks=abc").ks == "abc"
-    assert p(T + "/ks/path?ks=query").ks == "path"
+    assert (request.flavor_id, request.file_name, ks_of(T + "/flavor_id/0_fl/file_name/cover/ks/djJ8MTAw")) == (
+        "0_fl", "cover", "djJ8MTAw")
+    assert ks_of(T + "?ks=abc") == "abc"
+    assert ks_of(T + "/ks/path?ks=query") == "path"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -750,7 +758,8 @@ def test_ks_and_file_name_are_not_part_of_identity():
     a = p(T + "/width/200/ks/AAAA/file_name/NAME1")
     b = p(T + "/width/200?ks=BBBB&file_name=NAME2")
     c = p(T + "/width/200")
-    assert (a.ks, b.ks, c.ks) == ("AAAA", "BBBB", None)
+    assert (ks_of(T + "/width/200/ks/AAAA/file_name/NAME1"), ks_of(T + "/width/200?ks=BBBB&file_name=NAME2"),
+            ks_of(T + "/width/200")) == ("AAAA", "BBBB", None)
     assert a == b == c
     assert hash(a) == hash(b) == hash(c)
     assert a.cache_key() == b.cache_key() == c.cache_key()
@@ -911,7 +920,7 @@ def test_clip_container_with_query_string():
 
 def test_clip_ks_referrer_and_seek_from_bytes():
     request = p(C + "/ks/KKK/referrer/aHR0cDovL3g/seek_from_bytes/12345")
-    assert (request.ks, request.referrer) == ("KKK", "aHR0cDovL3g")
+    assert (ks_of(C + "/ks/KKK/referrer/aHR0cDovL3g/seek_from_bytes/12345"), request.referrer) == ("KKK", "aHR0cDovL3g")
     assert request == p(C)  # ks and referrer are not identity; seek_from_bytes is ignored
     assert request.cache_key() == p(C).cache_key()
     assert "KKK" not in request.cache_key()
@@ -934,7 +943,7 @@ def test_clip_cache_key():
 
 def test_raw_defaults():
     request = p(R)
-    assert request == RawRequest(entry=ENTRY, selector=FileSelector(), file_name=None, direct_serve=False, ks=None)
+    assert request == RawRequest(entry=ENTRY, selector=FileSelector(), file_name=None, direct_serve=False)
     assert request.selector == FileSelector(flavor_id=None, version=None, extension=None)
 
 
@@ -991,9 +1000,9 @@ def test_raw_direct_serve_absent_and_ks():
     assert p(R).direct_serve is False
     assert p(R + "/direct_serve/1").direct_serve is True
     request = p(R + "/ks/KKK")
-    assert request.ks == "KKK"
+    assert ks_of(R + "/ks/KKK") == "KKK"
     assert request == p(R)  # the KS is not identity
-    assert p(R + "/ks/path?ks=query").ks == "path"
+    assert ks_of(R + "/ks/path?ks=query") == "path"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1027,7 +1036,7 @@ def test_redact_ks(target, redacted):
     pytest.param("/p/1/raw/entry_id/ks/ks/SECRET", id="value-ks-before-key-ks"),
 ])
 def test_redact_ks_covers_every_ks_the_parser_reads(target):
-    assert p(target).ks == "SECRET"
+    assert ks_of(target) == "SECRET"
     assert "SECRET" not in redact_ks(target)
 
 
@@ -1035,3 +1044,61 @@ def test_quality_is_left_to_the_service():
     # the partner's default decides what "no quality" means, so the service appends the effective quality
     assert p(BASE_THUMB + "/quality/80").cache_key() == p(BASE_THUMB).cache_key()
     assert p(BASE_THUMB + "/quality/80").quality == 80
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# no secrets in memos (the KS travels beside the request, never into a memo)
+
+
+def _reachable_strings(roots) -> list[str]:
+    """Every string reachable from `roots` through containers and mediaproxy's own values (not through functions,
+    types or modules, which lead to the whole interpreter)."""
+    import gc
+    import types
+
+    seen, strings, stack = set(), [], list(roots)
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, str):
+            strings.append(item)
+        elif isinstance(item, (dict, list, tuple, set, frozenset)) or type(item).__module__.startswith("mediaproxy"):
+            stack += [referent for referent in gc.get_referents(item) if not isinstance(
+                referent, (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType))]
+    return strings
+
+
+def test_no_ks_is_kept_in_the_parse_memos():
+    import gc
+
+    from mediaproxy import urls
+
+    secrets = [f"SECRETKS{index}" for index in range(8)]
+    targets = [T + f"/ks/{secrets[0]}", T + f"/width/10/ks/{secrets[1]}.jpg", R + f"?ks={secrets[2]}",
+               R + f"?a=1&ks={secrets[3]}&b=2", C + f"/k%73/{secrets[4]}/clip_to/900", R + f"?k%73={secrets[5]}",
+               "/s/flvclipper/entry_id/0_abc//ks//" + secrets[6], R + f"/ks/{secrets[7]}?ks=other"]
+    for target, secret in zip(targets, secrets):
+        parsed = parse_target(target, DEFAULT_PARTNER)
+        assert parsed.ks == secret  # read as before...
+        assert secret not in repr(parsed)  # ...never shown
+        if isinstance(parsed.request, ThumbnailRequest):
+            parsed.request.cache_key()  # fills the cache-key memo too
+    memos = [referent for memo in (urls._parse_without_ks, urls._thumbnail_key)
+             for referent in gc.get_referents(memo) if isinstance(referent, dict)]
+    assert memos, "the lru_cache memos were not found"
+    strings = _reachable_strings(memos)
+    assert any("0_abc" in text for text in strings)  # the walk does reach the remembered readings
+    assert not [text for text in strings if "SECRETKS" in text or "other" == text]
+
+
+def test_a_ks_moves_no_other_parameter():
+    # the KS split keeps every other pair where the parser would read it
+    for target in [T + "/ks/K/width/200/name.jpg", T + "/width/200/ks/K?height=5&ks=Q",
+                   "/s/p/100/raw/ks/K/entry_id/0_abc", "/p/100/raw/entry_id/ks/ks/K", C + "/ks/K/clip_to/500/a.flv",
+                   R + "?ks=K&file_name=a+b&ks"]:
+        plain = target.replace("/ks/K", "").replace("ks=K&", "").replace("&ks=Q", "").replace("&ks", "")
+        if target == "/p/100/raw/entry_id/ks/ks/K":
+            plain = "/p/100/raw/entry_id/ks"
+        assert parse_target(target, DEFAULT_PARTNER).request == parse_target(plain, DEFAULT_PARTNER).request, target

@@ -1,7 +1,7 @@
 """The test console: a page for trying media links (served at `/` when `[console] enabled = true`).
 
-Plain HTML, CSS and JavaScript from the package (no build step, nothing from the network), plus one JSON endpoint
-listing the entries the page can show.
+Plain HTML, CSS and JavaScript from the package (no build step, nothing from the network), plus two JSON endpoints:
+the entries the page can show, and `/explain?url=...` (SPEC §9), how any media link is read.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..access import AccessPolicy
 from ..config import Config
 from ..errors import MediaProxyError
+from ..explain import explain
 from ..media.probe import MediaKind
 from ..origins.base import ListedEntry, Origin
 from ..services.sources import Sources
@@ -31,8 +33,20 @@ def add_console(app: web.Application, config: Config, origin: Origin, sources: S
     async def entries(request: web.Request) -> web.Response:
         return web.json_response(await catalogue.describe(), headers={"Cache-Control": "no-store"})
 
+    policy = AccessPolicy(config)
+
+    async def explain_link(request: web.Request) -> web.Response:
+        link = request.query.get("url", "").strip()
+        if not link:
+            return web.json_response({"error": "give the link to explain: /explain?url=..."}, status=400,
+                                     headers={"Cache-Control": "no-store"})
+        explanation = explain(link, config, policy, base_url=f"{request.scheme}://{request.host}",
+                              client=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
+        return web.json_response(explanation.as_json(), headers={"Cache-Control": "no-store"})
+
     app.router.add_get("/", index)
     app.router.add_get("/console/api/entries", entries)
+    app.router.add_get("/explain", explain_link)
     app.router.add_static("/console/static/", STATIC, append_version=False)
 
 
