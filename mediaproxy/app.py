@@ -63,8 +63,6 @@ class Runtime:
         processing = config.processing
         self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds,
                              name="images")
-        self.clip_pool = WorkPool(processing.clip_processes, processing.queue,
-                                  queue_timeout=processing.queue_timeout_seconds, processes=True, name="clips")
         self.origin = _make_origin(config)
         self.store = Store(self.origin, self.disk, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                            not_found_seconds=config.origin.not_found_seconds, block_bytes=config.origin.block_bytes,
@@ -75,7 +73,7 @@ class Runtime:
         self.services = {
             "raw": RawService(self.sources, config),
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
-            "flvclipper": ClipService(self.sources, self.disk, self.clip_pool, config),
+            "flvclipper": ClipService(self.sources, self.disk, self.pool, config),
         }
 
     async def start(self) -> None:
@@ -95,7 +93,6 @@ class Runtime:
         await self.store.close()
         await self.disk.close()
         self.pool.close()
-        self.clip_pool.close()
 
 
 def _memory_size(value) -> int:

@@ -69,6 +69,7 @@ class CacheConfig:
     memory_bytes: int = 256_000_000
     memory_item_bytes: int = 8_000_000  # larger originals, results and decoded pictures are never held in memory
     decoded_bytes: int = 128_000_000  # decoded pictures of hot originals (other sizes skip decoding); 0 = none
+    clip_index_memory_bytes: int = 64_000_000  # parsed indexes of videos that are clipped, per worker
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,6 @@ class ProcessingConfig:
     threads: int = 0  # CPU work threads per worker; 0 = the cores divided among the workers (at least 1)
     queue: int = 64  # jobs waiting for a thread beyond which requests get 503
     queue_timeout_seconds: float = 10.0  # a job waiting longer than this for a thread is dropped (503); 0 = never
-    clip_processes: int = 1  # processes cutting clips (the remux loop holds the GIL); 0 = one per core
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,9 @@ def _build_section(cls: type, table: dict, where: str, base_dir: Path):
             if (where, key) == ("cache", "disk_bytes"):
                 raise ConfigError("[cache] disk_bytes is now split: originals_bytes (blocks of http originals), "
                                   "results_bytes (thumbnails, clips) and index_bytes (clip indexes)")
+            if (where, key) == ("processing", "clip_processes"):
+                raise ConfigError("[processing] clip_processes is gone: clips are cut by rewriting their index "
+                                  "(no process needed); the remux fallback runs on the work threads")
             known = ", ".join(hints)
             raise ConfigError(f"[{where}] unknown key {key!r} (known: {known})")
         values[key] = _coerce(hints[key], value, f"[{where}] {key}", base_dir)
@@ -317,8 +320,8 @@ def _check(config: Config) -> None:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             raise ConfigError(f"[server] trusted_proxies: {proxy!r} is not an IP address or network") from None
-    if min(config.processing.threads, config.processing.queue, config.processing.clip_processes) < 0:
-        raise ConfigError("[processing] threads, queue and clip_processes must be 0 or more")
+    if min(config.processing.threads, config.processing.queue) < 0:
+        raise ConfigError("[processing] threads and queue must be 0 or more")
     flavor = config.video.thumbnail_flavor
     if flavor and not ID_PATTERN.match(flavor):
         raise ConfigError(f"[video] thumbnail_flavor {flavor!r} is not a flavor id")
@@ -332,7 +335,7 @@ def _check(config: Config) -> None:
     if origin.deadline_seconds <= 0 or origin.connections < 1 or origin.connections_per_entry < 1:
         raise ConfigError("[origin] deadline_seconds, connections and connections_per_entry must be above 0")
     for name in ("originals_bytes", "results_bytes", "index_bytes", "memory_bytes", "memory_item_bytes",
-                 "decoded_bytes"):
+                 "decoded_bytes", "clip_index_memory_bytes"):
         if getattr(config.cache, name) < 0:
             raise ConfigError(f"[cache] {name} must be 0 or more")
     for partner_id, partner in config.partners.items():

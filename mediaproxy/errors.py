@@ -91,6 +91,18 @@ class ProcessingTimeout(MediaProxyError):
     kaltura_description = "PROCESSING_TIMEOUT"
 
 
+class RangeNotSatisfiable(MediaProxyError):
+    """A Range request none of whose bytes exist (RFC 9110 §15.5.17)."""
+
+    status = 416
+    kaltura_code = 25
+    kaltura_description = "INVALID_PARAMETER"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.headers = {"Content-Range": f"bytes */{size}"}
+
+
 class Overloaded(MediaProxyError):
     status = 503
     kaltura_code = 46

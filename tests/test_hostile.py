@@ -51,8 +51,8 @@ VIDEO = FIXTURE_MEDIA / "100" / "0_video" / "original.mp4"
 
 # SPEC §6: every status an answer may have, and the Kaltura codes that go with each error status. A processing
 # time-out is a 504 with code 17 (PROCESSING_TIMEOUT); an upstream time-out a 504 with code 5.
-SPEC_STATUSES = {200, 204, 206, 304, 400, 403, 404, 405, 413, 422, 502, 503, 504}
-SPEC_CODES = {400: {25}, 403: {3, 7, 31, 32, 34}, 404: {1, 6}, 405: {25}, 413: {17}, 422: {17}, 502: {5},
+SPEC_STATUSES = {200, 204, 206, 304, 400, 403, 404, 405, 413, 416, 422, 502, 503, 504}
+SPEC_CODES = {400: {25}, 403: {3, 7, 31, 32, 34}, 404: {1, 6}, 405: {25}, 413: {17}, 416: {25}, 422: {17}, 502: {5},
               503: {46}, 504: {5, 17}}
 QUICK = 5.0  # seconds: no hostile answer may take longer
 # examples per fuzz test; raise for a long local run, e.g. HOSTILE_FUZZ_EXAMPLES=5000
@@ -911,24 +911,6 @@ async def test_an_entry_json_that_is_a_fifo_does_not_hang(serve, tmp_path):
         except OSError:
             pass
         await asyncio.sleep(0.1)
-
-
-async def test_a_crashed_clip_process_is_replaced(serve, tmp_path):
-    import os
-    import signal
-
-    from mediaproxy.app import RUNTIME
-
-    client = await serve(make_config(tmp_path))
-    assert (await ask(client, f"{C}/0_video/clip_from/1000")).status == 200
-    executor = client.server.app[RUNTIME].clip_pool._executor
-    for pid in list(executor._processes):  # the worker this server started, as a segfault would end it
-        os.kill(pid, signal.SIGKILL)
-    await asyncio.sleep(0.3)
-    answers = [await ask(client, f"{C}/0_video/clip_from/{ms}") for ms in (2000, 3000, 4000)]
-    for answer in answers:
-        assert_answer(answer)  # the crashed job may fail, with a SPEC status
-    assert answers[-1].status == 200, [answer.status for answer in answers]
 
 
 # =============================================================================================================

@@ -124,8 +124,9 @@ def clip_size(body: bytes, tmp_path: Path) -> tuple[int, int]:
 
 
 def cached_clip_entries(tmp_path: Path) -> list[dict]:
-    """The flvclipper clips in the disk cache of a server made by make_config(tmp_path)."""
-    return [entry for entry in cache_entries(tmp_path / "cache") if entry["key"].startswith("flvclipper|")]
+    """The clip indexes and remuxed clips in the disk cache of a server made by make_config(tmp_path)."""
+    return [entry for entry in cache_entries(tmp_path / "cache")
+            if entry["ns"] == "indexes" or entry["ns"] == "results" and "|remux|" in entry["key"]]
 
 
 # ------------------------------------------------------------------------------------------------ thumbnails: frames
@@ -466,10 +467,17 @@ async def test_identical_concurrent_clips_are_cut_once(client, tmp_path):
     assert all(body == bodies[0] for body in bodies)
     assert {response.headers["X-Clip-Start-Ms"] for response in responses} == {"1000"}
     entries = cached_clip_entries(tmp_path)
-    assert len(entries) == 1
-    assert entries[0]["size"] == len(bodies[0])
-    again = await client.get(path)  # from the disk cache
+    assert len(entries) == 1 and entries[0]["ns"] == "indexes"  # only the built index: the media is the original's
+    assert entries[0]["size"] < len(bodies[0]) // 4
+    again = await client.get(path)
     assert await again.read() == bodies[0]
+    assert len(cached_clip_entries(tmp_path)) == 1
+
+
+async def test_starts_that_snap_to_one_keyframe_are_one_clip(client, tmp_path):
+    answers = [await client.get(f"{CLIP}/0_video/clip_from/{start}/clip_to/2600") for start in (1000, 1200, 1900)]
+    assert {answer.headers["ETag"] for answer in answers} == {answers[0].headers["ETag"]}
+    assert len({await answer.read() for answer in answers}) == 1
     assert len(cached_clip_entries(tmp_path)) == 1
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import BinaryIO, Union
 
-from .clipparts import FlvTags, Layout, Literal, NotIndexable, SourceRange, iter_clip_bytes
+from .clipparts import (FlvTags, Layout, Literal, NotIndexable, SourceRange, iter_clip_bytes, layout_from_blob,
+                        layout_to_blob, part_bytes)
 from .flvclip import FlvIndex, FlvWindow, read_flv_index
 from .mp4clip import MAX_MOOV, Mp4Index, Mp4Window, read_mp4_index
 from .clipparts import read_at
@@ -17,7 +18,8 @@ from .clipparts import read_at
 ClipIndex = Union[Mp4Index, FlvIndex]
 
 __all__ = ["ClipIndex", "FlvIndex", "FlvTags", "FlvWindow", "Layout", "Literal", "Mp4Index", "Mp4Window",
-           "NotIndexable", "SourceRange", "iter_clip_bytes", "read_clip_index", "read_flv_index", "read_mp4_index"]
+           "NotIndexable", "SourceRange", "iter_clip_bytes", "layout_from_blob", "layout_to_blob", "part_bytes",
+           "read_clip_index", "read_flv_index", "read_mp4_index"]
 
 
 def read_clip_index(source: BinaryIO, size: int, max_moov: int = MAX_MOOV) -> ClipIndex:

@@ -133,13 +133,62 @@ def iter_clip_bytes(layout: Layout, source: BinaryIO, first: int = 0, last: int 
     last = layout.size - 1 if last is None else last
     chunk = max(int(chunk), 4096)
     for part in layout.slice(first, last):
+        yield from part_bytes(part, source, chunk)
+
+
+def part_bytes(part: Part, source: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of one part (already cut to the range wanted), read from a blocking file object."""
+    chunk = max(int(chunk), 4096)
+    if isinstance(part, Literal):
+        for start in range(0, len(part.data), chunk):
+            yield part.data[start:start + chunk]
+    elif isinstance(part, SourceRange):
+        yield from _read_range(source, part.offset, part.length, chunk)
+    else:
+        yield from _flv_tags(part, source, chunk)
+
+
+def layout_to_blob(layout: Layout) -> tuple[bytes, dict]:
+    """A layout as (body, meta) for the disk cache: the literal bytes and FLV sync tables one after the other,
+    and a plain description of the parts (no pickle: a cache file is data, never code)."""
+    body, parts = bytearray(), []
+    for part in layout.parts:
         if isinstance(part, Literal):
-            for start in range(0, len(part.data), chunk):
-                yield part.data[start:start + chunk]
+            parts.append(["L", len(part.data)])
+            body += part.data
         elif isinstance(part, SourceRange):
-            yield from _read_range(source, part.offset, part.length, chunk)
+            parts.append(["S", part.offset, part.length])
         else:
-            yield from _flv_tags(part, source, chunk)
+            parts.append(["F", part.offset, part.length, part.shift_ms, part.lo, part.hi, len(part.syncs)])
+            body += part.syncs
+    meta = {"container": layout.container, "size": layout.size, "start": layout.start_seconds,
+            "duration": layout.duration, "parts": parts}
+    return bytes(body), meta
+
+
+def layout_from_blob(body: bytes, meta: dict) -> Layout:
+    """The layout `layout_to_blob` described; ValueError when the description does not hold together."""
+    try:
+        parts: list[Part] = []
+        at = 0
+        for kind, *fields in meta["parts"]:
+            if kind == "L":
+                parts.append(Literal(body[at:at + fields[0]]))
+                at += fields[0]
+            elif kind == "S":
+                parts.append(SourceRange(*fields))
+            elif kind == "F":
+                offset, length, shift, lo, hi, syncs = fields
+                parts.append(FlvTags(offset, length, shift, body[at:at + syncs], lo, hi))
+                at += syncs
+            else:
+                raise ValueError(f"unknown part {kind!r}")
+        layout = Layout(meta["container"], meta["size"], tuple(parts), meta["start"], meta["duration"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"not a clip layout ({error!r})") from None
+    if at != len(body) or sum(part.size for part in parts) != layout.size:
+        raise ValueError("the layout's parts do not add up")
+    return layout
 
 
 def _read_range(source: BinaryIO, offset: int, length: int, chunk: int) -> Iterator[bytes]:

@@ -333,12 +333,15 @@ _FLV_CODECS = {"h264", "flv1", "vp6f", "vp6", "vp6a", "aac", "mp3", "nellymoser"
                "adpcm_swf"}
 
 
-def cut_clip(source: Path | BinaryIO, target: Path, start: float, end: float | None, output: str) -> Clip:
-    """Copy the packets from the keyframe at or before `start` to `end` (None: the end) into `target`.
+def cut_clip(source: Path | BinaryIO, target: Path | BinaryIO, start: float, end: float | None,
+             output: str) -> Clip:
+    """Copy the packets from the keyframe at or before `start` to `end` (None: the end) into `target` (a file, or
+    a binary stream for a clip kept in memory).
 
     Timestamps are rebased so the clip starts at 0, audio kept with the video it played beside; MP4 is written
-    with its index at the front (playable while it downloads). Runs Python per packet: keep it off the event loop.
-    A damaged source whose packets FFmpeg cannot read or write is Unprocessable, never a half-written success.
+    with its index at the front (playable while it downloads) into a file, fragmented into a stream (FFmpeg's
+    faststart needs to reread a file). Runs Python per packet: keep it off the event loop. A damaged source whose
+    packets FFmpeg cannot read or write is Unprocessable, never a half-written success.
     """
     with _open(source) as container:
         video = _video_stream(container)
@@ -348,9 +351,11 @@ def cut_clip(source: Path | BinaryIO, target: Path, start: float, end: float | N
             codec = stream.codec_context.codec.canonical_name  # "flv1", "mp3": not decoder names like "mp3float"
             if codec not in allowed:
                 raise BadRequest(f"flvclipper: {codec} cannot go in an {output} clip")
-        options = {"movflags": "+faststart"} if output == "mp4" else {}
+        in_file = isinstance(target, Path)
+        options = {} if output != "mp4" else {"movflags": "+faststart" if in_file else "frag_keyframe+empty_moov"}
         try:
-            with av.open(str(target), "w", format=CLIP_FORMATS[output], options=options) as out:
+            with av.open(str(target) if in_file else target, "w", format=CLIP_FORMATS[output],
+                         options=options) as out:
                 streams = {video.index: out.add_stream_from_template(video)}
                 if audio is not None:
                     streams[audio.index] = out.add_stream_from_template(audio)

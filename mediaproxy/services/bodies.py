@@ -7,16 +7,17 @@ A range of a local file goes out with sendfile; a range of a remote one as its b
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email.utils
 import logging
-import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from .. import ranges
+from ..errors import RangeNotSatisfiable
+from ..media.clipparts import FlvTags, part_bytes
 from ..origins.base import EntryFile
 from ..responses import not_modified
 from ..store import Store
@@ -24,7 +25,6 @@ from ..urls import redact_ks
 
 log = logging.getLogger(__name__)
 
-_SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class FileRange:
     def length(self) -> int:
         return self.end - self.start + 1
 
+    def cut(self, low: int, high: int) -> FileRange:
+        return FileRange(self.file, self.start + low, self.start + high)
+
 
 @dataclass(frozen=True)
 class PathRange:
@@ -52,8 +55,26 @@ class PathRange:
     def length(self) -> int:
         return self.end - self.start + 1
 
+    def cut(self, low: int, high: int) -> PathRange:
+        return PathRange(self.path, self.start + low, self.start + high)
 
-Piece = bytes | FileRange | PathRange
+
+@dataclass(frozen=True)
+class RebasedTags:
+    """FLV tags of an entry's file whose timestamps are rewritten on their way out (a clip by index)."""
+
+    file: EntryFile
+    tags: FlvTags
+
+    @property
+    def length(self) -> int:
+        return self.tags.size
+
+    def cut(self, low: int, high: int) -> RebasedTags:
+        return RebasedTags(self.file, self.tags.cut(low, high + 1))
+
+
+Piece = bytes | FileRange | PathRange | RebasedTags
 
 
 def total_length(pieces: Sequence[Piece]) -> int:
@@ -72,10 +93,8 @@ def slice_pieces(pieces: Sequence[Piece], first: int, last: int) -> list[Piece]:
         length = _length(piece)
         low, high = max(first - offset, 0), min(last - offset, length - 1)
         if low <= high:
-            if isinstance(piece, bytes):
-                cut.append(piece[low:high + 1])
-            else:
-                cut.append(dataclasses.replace(piece, start=piece.start + low, end=piece.start + high))
+            whole = (low, high) == (0, length - 1)
+            cut.append(piece if whole else piece[low:high + 1] if isinstance(piece, bytes) else piece.cut(low, high))
         offset += length
     return cut
 
@@ -88,15 +107,14 @@ async def send(request: web.Request, store: Store, pieces: Sequence[Piece], head
     if not_modified(request, etag, last_modified):
         return web.Response(status=304, headers=headers)
     size = total_length(pieces)
-    wanted = requested_range(request, size, etag, last_modified)
-    if wanted is None:
-        status, body = 200, list(pieces)
-    elif wanted == "unsatisfiable":
-        return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    wanted = ranges.decide(request.headers.get("Range"), request.headers.get("If-Range"), size, etag, last_modified)
+    if isinstance(wanted, ranges.Unsatisfiable):
+        raise RangeNotSatisfiable(f"Range: {request.headers['Range'][:60]!r} is outside the {size} bytes", size)
+    if isinstance(wanted, ranges.Partial):
+        status, body = 206, slice_pieces(pieces, wanted.start, wanted.end)
+        headers["Content-Range"] = wanted.headers["Content-Range"]
     else:
-        first, last = wanted
-        status, body = 206, slice_pieces(pieces, first, last)
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        status, body = 200, list(pieces)
     first_remote = next((piece for piece in body if isinstance(piece, FileRange) and piece.file.path is None), None)
     if first_remote is not None and request.method != "HEAD":
         # its first block before the status line: a dead upstream is a clean 502/504, not a cut 200
@@ -136,6 +154,8 @@ class MediaBody(web.StreamResponse):
 async def _send_piece(request: web.BaseRequest, response: web.StreamResponse, store: Store, piece: Piece) -> None:
     if isinstance(piece, bytes):
         await response.write(piece)
+    elif isinstance(piece, RebasedTags):
+        await _send_produced(response, _rebased(store, piece))
     elif isinstance(piece, PathRange):
         await _sendfile(request, response, piece.path, piece.start, piece.length)
     elif piece.file.path is not None:
@@ -165,33 +185,15 @@ async def _sendfile(request: web.BaseRequest, response: web.StreamResponse, path
                 left -= len(chunk)
 
 
-def requested_range(request: web.Request, size: int, etag: str,
-                    last_modified: float) -> tuple[int, int] | str | None:
-    """RFC 9110 §14: (first, last) of one satisfiable `bytes` range, "unsatisfiable", or None for the whole (no
-    Range, a Range that is not one valid `bytes` range, or an `If-Range` that does not match this version)."""
-    header = request.headers.get("Range")
-    if header is None:
-        return None
-    if_range = request.headers.get("If-Range")
-    if if_range is not None:
-        if if_range.startswith(('"', "W/")):
-            if if_range != etag:  # strong comparison: a weak tag never matches
-                return None
-        elif if_range != email.utils.formatdate(last_modified, usegmt=True):
-            return None
-    match = _SINGLE_RANGE.match(header.replace(" ", ""))
-    if match is None or not (match[1] or match[2]):
-        return None
-    if match[1]:
-        first = int(match[1])
-        last = min(int(match[2]), size - 1) if match[2] else size - 1
-        if match[2] and int(match[2]) < first:
-            return None  # an invalid range is ignored
-    else:
-        suffix = int(match[2])
-        if suffix == 0:
-            return "unsatisfiable"
-        first, last = max(size - suffix, 0), size - 1
-    if first >= size:
-        return "unsatisfiable"
-    return first, last
+def _rebased(store: Store, piece: RebasedTags) -> Iterator[bytes]:
+    with store.open(piece.file) as source:
+        yield from part_bytes(piece.tags, source)
+
+
+async def _send_produced(response: web.StreamResponse, produced: Iterator[bytes]) -> None:
+    """Bytes from a blocking generator, each step on a worker thread (it reads the file)."""
+    try:
+        while (chunk := await asyncio.to_thread(next, produced, None)) is not None:
+            await response.write(chunk)
+    finally:
+        await asyncio.to_thread(produced.close)
