@@ -517,3 +517,25 @@ async def test_a_page_on_another_origin_shows_thumbnails_and_plays_seeks_clip_an
     assert answers["partSize"] == 100
     assert answers["pixel"][3] == 255
     watch.assert_no_script_errors()
+
+
+async def test_a_clip_cut_by_index_plays_to_its_end_in_chromium(browser, mediaproxy, plain_page):
+    """The clip (MP4 by index rewrite: a new moov, then the original's bytes) plays through: `ended` fires and
+    currentTime is then its duration, which is the asked window snapped to the keyframe before it."""
+    page = await browser.new_page()
+    watch = Watch(page)
+    await page.goto(plain_page)
+    await page.wait_for_function("document.getElementById('clip').readyState >= 1", timeout=WAIT_MS)
+    ended = await page.evaluate("""async () => {
+      const video = document.getElementById('clip');
+      video.playbackRate = 4;
+      const done = new Promise((resolve) => video.addEventListener('ended', resolve, { once: true }));
+      await video.play();
+      await done;
+      return [video.currentTime, video.duration, video.ended];
+    }""")
+    assert ended[2] is True
+    assert ended[0] == pytest.approx(ended[1], abs=0.05) and ended[1] == pytest.approx(4.0, abs=0.1)
+    clip = [response for response in watch.responses if "/flvclipper/" in response.url]
+    assert clip and all(response.status in (200, 206) for response in clip)
+    watch.assert_no_script_errors()

@@ -722,3 +722,31 @@ async def test_sigterm_to_the_supervisor_with_a_hung_upstream_leaves_no_tmp_file
         assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
     finally:
         server.stop()
+
+
+async def test_sigterm_after_clips_leaves_no_process_of_the_group(tmp_path):
+    """Clips (by index, and remuxed into another container) are cut inside the workers: after SIGTERM the
+    supervisor and every process it started are gone within shutdown_seconds and a margin."""
+    make_config(tmp_path, extra="[server]\nshutdown_seconds = 2\n")
+    server = Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2)
+    family: list[int] = []
+    try:
+        await server.wait_up()
+        async with unlimited_session() as session:
+            paths = [f"/p/100/flvclipper/entry_id/0_video/clip_from/{start}/clip_to/{start + 2000}{suffix}"
+                     for start in (0, 1000, 2000, 3000) for suffix in ("", "/a.flv")]
+            answers = await asyncio.gather(*(get(session, server.url + path) for path in paths * 2))
+        assert all(status == 200 and body for status, _, body in answers)
+        family = descendants(server.pid)
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.wait_exit(2 * 3 + 10) == 0, server.output()
+        deadline = time.monotonic() + 5
+        while [pid for pid in family if alive(pid)] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not [pid for pid in family if alive(pid)], "processes outlived the supervisor"
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+        for pid in family:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

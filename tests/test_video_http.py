@@ -554,3 +554,67 @@ async def test_a_clip_of_an_undecodable_original_is_422(serve, tmp_path, origin)
     client = await serve_origin(serve, tmp_path, origin)
     status, headers, body = await send_raw(client, f"{CLIP}/0_garbage/clip_from/1000")
     assert_error(status, headers, body, 422, 17)
+
+
+# ------------------------------------------------------------------------------------------------ clips by index
+
+
+def decoded_frame_hashes(body: bytes, tmp_path: Path, name: str) -> list[str]:
+    """SHA-1 of every decoded video frame's planes, in display order: equal lists mean the same pictures."""
+    import hashlib
+
+    target = tmp_path / name
+    target.write_bytes(body)
+    with av.open(str(target)) as container:
+        frames = [frame for frame in container.decode(video=0)]
+    frames.sort(key=lambda frame: frame.pts)
+    return [hashlib.sha1(b"".join(bytes(plane) for plane in frame.planes)).hexdigest() for frame in frames]
+
+
+@pytest.mark.parametrize("entry, window", [("0_video", "clip_from/1200/clip_to/4500"), ("0_flv", "clip_from/2100")])
+async def test_range_slices_of_an_index_clip_concatenate_to_the_whole_clip(client, entry, window):
+    whole = await client.get(f"{CLIP}/{entry}/{window}")
+    body = await whole.read()
+    assert whole.status == 200 and whole.headers["Content-Length"] == str(len(body))
+    assert "cache;desc=render" in whole.headers["Server-Timing"]  # built by index, not remuxed
+    size = len(body)
+    cuts = sorted({0, 1, 7, 13, 600, size // 3, size // 2, size - 9, size})
+    pieces = []
+    for first, stop in zip(cuts, cuts[1:]):
+        part = await client.get(f"{CLIP}/{entry}/{window}", headers={"Range": f"bytes={first}-{stop - 1}"})
+        assert part.status == 206 and part.headers["Content-Range"] == f"bytes {first}-{stop - 1}/{size}"
+        pieces.append(await part.read())
+    assert b"".join(pieces) == body
+    past = await client.get(f"{CLIP}/{entry}/{window}", headers={"Range": f"bytes={size}-"})
+    assert past.status == 416 and past.headers["Content-Range"] == f"bytes */{size}"
+
+
+async def test_an_index_clip_and_a_remux_of_the_same_window_show_the_same_frames(client, tmp_path):
+    window = "clip_from/1500/clip_to/4200"
+    by_index = await client.get(f"{CLIP}/0_video/{window}")
+    remuxed = await client.get(f"{CLIP}/0_video/{window}/a.flv")  # another container: cut by packet copy
+    assert "cache;desc=render" in by_index.headers["Server-Timing"]
+    assert "cache;desc=remux" in remuxed.headers["Server-Timing"]
+    assert by_index.headers["X-Clip-Start-Ms"] == remuxed.headers["X-Clip-Start-Ms"] == "1000"
+    index_frames = decoded_frame_hashes(await by_index.read(), tmp_path, "index.mp4")
+    remux_frames = decoded_frame_hashes(await remuxed.read(), tmp_path, "remux.flv")
+    assert index_frames == remux_frames and len(index_frames) > 50
+
+
+async def test_an_index_clip_of_an_http_original_reads_its_index_and_its_own_range(serve, tmp_path, nginx):
+    config = make_config(tmp_path, f'kind = "http"\nurl = "{nginx.url}"\nblock_bytes = 4096')
+    client = await serve(config)
+    local = await client.get(f"{CLIP}/0_video/clip_from/2000/clip_to/3000")
+    body = await local.read()
+    assert local.status == 200 and local.headers["X-Clip-Start-Ms"] == "2000"
+    (tmp_path / "local").mkdir()
+    reference = await (await serve(make_config(tmp_path / "local"))).get(f"{CLIP}/0_video/clip_from/2000/clip_to/3000")
+    assert body == await reference.read()  # the same bytes as from the local original
+    def ranges() -> int:
+        return len([line for line in nginx.requests() if line[1] == "/100/0_video/original.mp4" and line[0] == "GET"])
+
+    before = ranges()
+    later = await client.get(f"{CLIP}/0_video/clip_from/4000/clip_to/5000")  # the index is known: only its range
+    span = int(later.headers["Content-Length"])  # its header and its media range
+    assert later.status == 200 and len(await later.read()) == span
+    assert ranges() - before <= span // 4096 + 2
