@@ -52,14 +52,15 @@ def tool(name: str) -> str:
 class Mediaproxy:
     """`mediaproxy serve` as a user runs it, on a config written for the benchmark."""
 
-    def __init__(self, workdir: Path, origin_root: Path, extra: str = "", workers: int = CORES,
-                 environment: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, origin_root: Path | None = None, extra: str = "", workers: int = CORES,
+                 environment: dict[str, str] | None = None, origin: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "mediaproxy.toml"
+        origin = origin or f'root = "{origin_root}"'  # or an http origin's lines
         config.write_text(f'[server]\nport = {self.port}\nworkers = {workers}\naccess_log = false\n'
-                          f'[origin]\nroot = "{origin_root}"\nrevalidate_seconds = 3600\n'
+                          f'[origin]\n{origin}\nrevalidate_seconds = 3600\n'
                           f'[cache]\ndir = "{workdir / "cache"}"\n{extra}\n')
         self.log = open(workdir / "mediaproxy.log", "w")
         self.process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config)],
@@ -79,12 +80,18 @@ class Mediaproxy:
 
 
 class Nginx:
-    """nginx serving a folder of static files on loopback, one worker process per core (its default tuning)."""
+    """nginx serving a folder of static files on loopback, one worker process per core (its default tuning).
 
-    def __init__(self, workdir: Path, root: Path) -> None:
+    `server_extra`: more directives for its server block (a `limit_rate`, an `mp4` location); with `log`, every
+    request is logged as "method uri status bytes_sent" (see `sent`)."""
+
+    def __init__(self, workdir: Path, root: Path, *, server_extra: str = "", log: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "access.log"
+        access = f"log_format sent '$request_method $uri $status $bytes_sent';\n    access_log {self.log} sent;" \
+            if log else "access_log off;"
         conf = workdir / "nginx.conf"
         conf.write_text(f"""
 daemon off;
@@ -94,7 +101,7 @@ error_log {workdir}/error.log;
 user root;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    {access}
     sendfile on;
     types {{ image/jpeg jpg; video/mp4 mp4; }}
     client_body_temp_path {workdir}/body;
@@ -102,11 +109,18 @@ http {{
     fastcgi_temp_path {workdir}/fastcgi;
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
-    server {{ listen 127.0.0.1:{self.port}; root {root}; }}
+    server {{ listen 127.0.0.1:{self.port}; root {root}; {server_extra} }}
 }}
 """)
         self.process = subprocess.Popen([tool("nginx"), "-c", str(conf), "-p", str(workdir)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def sent(self) -> int:
+        """Bytes nginx has sent so far (headers included), from its access log (nginx writes each line when the
+        request ends)."""
+        if not self.log.exists():
+            return 0
+        return sum(int(line.split()[3]) for line in self.log.read_text().splitlines() if line.strip())
 
     def __enter__(self) -> Nginx:
         return self
@@ -182,12 +196,18 @@ def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int =
     Counters start at offset + 1,000,000 × thread number: keep offset + threads × 1e6 under 10,000,000 when the
     counter is a `version` (which is clamped there). With `modulo`, the path is prefix + counter % modulo + suffix.
     """
+    script = _WRK_SCRIPT.format(prefix=path, suffix=suffix, modulo=modulo, unique="true" if unique else "false",
+                                offset_base=offset)
+    return _run_wrk(url, script, threads=threads, seconds=seconds, connections=connections)
+
+
+def _run_wrk(url: str, lua: str, *, threads: int, seconds: float, connections: int) -> Load:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT.format(prefix=path, suffix=suffix, modulo=modulo,
-                                        unique="true" if unique else "false", offset_base=offset))
+        script.write(lua)
     try:
-        result = subprocess.run([tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout",
-                                 "30s", "-s", script.name, url], capture_output=True, text=True, check=True)
+        result = subprocess.run([tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                                 "--timeout", "30s", "-s", script.name, url], capture_output=True, text=True,
+                                check=True)
     finally:
         os.unlink(script.name)
     match = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", result.stdout)
@@ -195,6 +215,34 @@ def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int =
         raise RuntimeError(f"could not read wrk's output:\n{result.stdout}\n{result.stderr}")
     requests, errors = int(match[1]), int(match[2])
     return Load(requests / seconds, requests, errors, float(match[3]), float(match[4]))
+
+
+_WRK_LUA = """
+local counter = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("offset", threads * 7919)
+end
+function init(args)
+  counter = offset
+end
+request = function()
+  counter = counter + 1
+  {body}
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %f %f\\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def wrk_lua(url: str, body: str, *, seconds: float, connections: int) -> Load:
+    """Drive url with requests made by a Lua `request` body that sees `counter` (1, 2, ... per thread) and returns
+    `wrk.format(...)`: paths computed per request (a clip window from the counter, say)."""
+    return _run_wrk(url, _WRK_LUA.replace("{body}", body), threads=1, seconds=seconds, connections=connections)
 
 
 def in_threads(work: Callable[[int], object], *, threads: int, seconds: float) -> float:

@@ -41,3 +41,20 @@ def panning_video(path: Path, width: int, height: int, *, seconds: int = 10, fps
                     out.mux(packet)
             for packet in sound.encode():
                 out.mux(packet)
+
+
+def long_video(path: Path, *, minutes: float, width: int = 1280, height: int = 720, faststart: bool = False) -> int:
+    """A long H.264/AAC MP4 made fast: a 10 s panning segment (keyframe every 2 s) repeated by packet copy.
+    The index (moov) is at the end unless `faststart`, as a camera or an encoder writes it. Returns its size."""
+    import subprocess
+
+    from .harness import tool
+
+    segment = path.with_name("segment.mp4")
+    panning_video(segment, width, height, seconds=10)
+    loops = max(1, round(minutes * 6))
+    command = [tool("ffmpeg"), "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(segment), "-c", "copy"]
+    command += ["-movflags", "+faststart"] if faststart else []
+    subprocess.run([*command, str(path)], check=True)
+    segment.unlink()
+    return path.stat().st_size

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (CORES, BareAiohttp, Load, Mediaproxy, Nginx, Thumbor, children,  # noqa: E402
                            in_threads, peak_rss_mb, run_in_background, tool, wait_for, wrk)
+from bench.clips import clips  # noqa: E402
 from bench.media import panning_video  # noqa: E402
+from bench.remote import remote  # noqa: E402
 from fixtures.generate import photo_like_image, photo_like_jpeg  # noqa: E402
 from PIL import Image  # noqa: E402
 from mediaproxy.media.thumbnail import RenderSettings, render_image, render_video  # noqa: E402
@@ -243,7 +245,7 @@ def _check(load: Load, what: str) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Path, float], list[Row]]] = {
-    "thumbnails": thumbnails, "peers": peers, "videos": videos, "memory": memory}
+    "thumbnails": thumbnails, "peers": peers, "videos": videos, "memory": memory, "remote": remote, "clips": clips}
 
 
 def main() -> int:

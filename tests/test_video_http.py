@@ -23,7 +23,7 @@ from PIL import Image
 from fixtures.generate import colour_for_second, write_video
 from mediaproxy.services.thumbnail import BUNDLED_AUDIO_PLACEHOLDER
 
-from .conftest import FIXTURE_MEDIA, cache_entries, make_config, make_entry, send_raw
+from .conftest import FIXTURE_MEDIA, cache_entries, make_config, make_entry, send_raw, until
 from .test_media_video import MP4_FORMAT, RANGE_COLOURS, RANGE_TOLERANCE, describe, second_of, top_level_atoms
 
 THUMB = "/p/100/sp/10000/thumbnail/entry_id"
@@ -466,19 +466,34 @@ async def test_identical_concurrent_clips_are_cut_once(client, tmp_path):
     assert [response.status for response in responses] == [200] * 6
     assert all(body == bodies[0] for body in bodies)
     assert {response.headers["X-Clip-Start-Ms"] for response in responses} == {"1000"}
-    entries = cached_clip_entries(tmp_path)
-    assert len(entries) == 1 and entries[0]["ns"] == "indexes"  # only the built index: the media is the original's
-    assert entries[0]["size"] < len(bodies[0]) // 4
+    assert cached_clip_entries(tmp_path) == []  # a short window's index is rebuilt faster than read from disk
     again = await client.get(path)
-    assert await again.read() == bodies[0]
-    assert len(cached_clip_entries(tmp_path)) == 1
+    assert await again.read() == bodies[0] and again.headers["Server-Timing"].endswith("cache;desc=memory")
+
+
+async def test_the_index_of_a_long_clip_is_kept_on_disk_and_nothing_else(serve, tmp_path):
+    root = tmp_path / "media"
+    long_video = tmp_path / "long.mp4"
+    write_video(long_video, seconds=80, width=64, height=48)
+    make_entry(root, 100, "0_long", {"original.mp4": long_video.read_bytes()})
+    config = make_config(tmp_path, f'kind = "local"\nroot = "{root}"')
+    path = f"{CLIP}/0_long/clip_from/5000/clip_to/75000"
+    first = await (await serve(config)).get(path)
+    body = await first.read()
+    assert first.status == 200 and "cache;desc=render" in first.headers["Server-Timing"]
+    await until(lambda: len(cached_clip_entries(tmp_path)) == 1)  # written behind the answer
+    [entry] = cached_clip_entries(tmp_path)
+    assert entry["ns"] == "indexes" and entry["size"] < len(body) // 10  # the index, never the media
+    restarted = await (await serve(config)).get(path)
+    assert await restarted.read() == body and restarted.headers["Server-Timing"].endswith("cache;desc=disk")
 
 
 async def test_starts_that_snap_to_one_keyframe_are_one_clip(client, tmp_path):
     answers = [await client.get(f"{CLIP}/0_video/clip_from/{start}/clip_to/2600") for start in (1000, 1200, 1900)]
     assert {answer.headers["ETag"] for answer in answers} == {answers[0].headers["ETag"]}
     assert len({await answer.read() for answer in answers}) == 1
-    assert len(cached_clip_entries(tmp_path)) == 1
+    assert [answer.headers["Server-Timing"].rpartition("desc=")[2] for answer in answers] == [
+        "render", "memory", "memory"]  # one index built, for the window they snap to
 
 
 @pytest.mark.parametrize("params", [

@@ -10,6 +10,7 @@ remux, written once into the disk cache (or kept in memory when the disk refuses
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import io
@@ -41,6 +42,10 @@ from .sources import Source, Sources
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"mp4": "video/mp4", "flv": "video/x-flv"}
+# The index of a window this short is built in well under a millisecond: right here, kept in memory only (a thread
+# hop or a disk write would cost more than building it again). Longer windows are built on the work pool and
+# their index is stored in the disk cache too.
+_QUICK_WINDOW_SECONDS = 60.0
 _WHOLE_FILE_EXTENSIONS = ("mp4", "m4v", "flv")
 
 
@@ -59,6 +64,7 @@ class ClipService:
         self._reading: SingleFlight = SingleFlight()
         self._building: SingleFlight = SingleFlight()
         self._cuts: SingleFlight = SingleFlight()
+        self._writes: set[asyncio.Task] = set()
 
     async def handle(self, request: ClipRequest, http_request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -139,7 +145,7 @@ class ClipService:
 
     async def _load_or_build(self, key: str, file: EntryFile, index: ClipIndex, window,
                              timings: dict[str, float]) -> tuple[Layout, str]:
-        found = await self.disk.read("indexes", key)
+        found = None if window.duration <= _QUICK_WINDOW_SECONDS else await self.disk.read("indexes", key)
         if found is not None:
             try:
                 layout = layout_from_blob(found.body, found.meta)
@@ -149,11 +155,18 @@ class ClipService:
                 self._layouts.put(key, layout)
                 return layout, "disk"
         built = time.perf_counter()
-        layout = await self.pool.run(index.layout, window)
+        quick = window.duration <= _QUICK_WINDOW_SECONDS
+        layout = index.layout(window) if quick else await self.pool.run(index.layout, window)
         timings["index"] = (time.perf_counter() - built) * 1000
         self._layouts.put(key, layout)
+        if quick:
+            return layout, "render"
         body, meta = layout_to_blob(layout)
-        await self.disk.write("indexes", [(key, body, meta)], owner=file.owner)
+        # written behind the answer: the first byte waits for the index, never for the disk
+        writing = asyncio.get_running_loop().create_task(self.disk.write("indexes", [(key, body, meta)],
+                                                                         owner=file.owner))
+        self._writes.add(writing)
+        writing.add_done_callback(self._writes.discard)
         return layout, "render"
 
     # ----------------------------------------------------------------------------------------------- by remux
