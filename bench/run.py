@@ -25,6 +25,7 @@ from bench.harness import (CORES, BareAiohttp, Load, Mediaproxy, Nginx, Thumbor,
 from bench.clips import clips  # noqa: E402
 from bench.media import panning_video  # noqa: E402
 from bench.remote import remote  # noqa: E402
+from bench.soak import soak  # noqa: E402
 from fixtures.generate import photo_like_image, photo_like_jpeg  # noqa: E402
 from PIL import Image  # noqa: E402
 from mediaproxy.media.thumbnail import RenderSettings, render_image, render_video  # noqa: E402
@@ -245,7 +246,7 @@ def _check(load: Load, what: str) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Path, float], list[Row]]] = {
-    "thumbnails": thumbnails, "peers": peers, "videos": videos, "memory": memory, "remote": remote, "clips": clips}
+    "thumbnails": thumbnails, "peers": peers, "videos": videos, "memory": memory, "remote": remote, "clips": clips, "soak": soak}
 
 
 def main() -> int:
