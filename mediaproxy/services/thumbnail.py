@@ -1,26 +1,33 @@
 """thumbnail (SPEC §2): an image resized and cropped as asked, or a frame (or a strip of frames) of a video.
 
-Every kind of source ends in the same media pipeline; this module picks the source, builds the canonical cache
-key, and answers with Cache-Control, a strong ETag and Last-Modified (304 when the client's copy is current).
+Every kind of source ends in the same media pipeline; this module picks the source, decides the output format
+(`format/auto`: from the client's Accept), builds the canonical cache key, and answers with Cache-Control, a strong
+ETag and Last-Modified (304 when the client's copy is current).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
+import functools
 import hashlib
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 from cachetools import LRUCache
+from PIL import Image
 
 from ..cache.results import Result, ResultCache
 from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
 from ..cache.memory import MemoryCache
+from ..media.animation import within_budget
 from ..media.decode import JPEG_FORMATS, reduction
-from ..media.probe import MediaInfo, MediaKind
+from ..media.encode import ANIMATES
+from ..media.probe import MediaInfo, MediaKind, has_alpha
 from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, plan_for, render_decoded, render_image,
                                render_video)
 from ..media.video import frame_times
@@ -44,15 +51,21 @@ class ThumbnailService:
         self.pool = pool
         self.config = config
         self.placeholder = (config.video.audio_placeholder or BUNDLED_AUDIO_PLACEHOLDER).read_bytes()
+        self.placeholder_alpha = has_alpha(Image.open(io.BytesIO(self.placeholder)))
+        self.animation_pixels = config.thumbnail.animation_pixels if config.thumbnail.keep_animation else 0
         self._prepared: LRUCache = LRUCache(maxsize=20_000)
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         source = await self._source(request)
-        memo = (request, source.file.identity, source.file.manifest.thumb_offset)
+        negotiated = self._negotiates(request)
+        if negotiated:  # from here on the request names the format it is answered in
+            request = dataclasses.replace(request, format=self._negotiate(request, source,
+                                                                          http_request.headers.get("Accept", "")))
+        memo = (request, negotiated, source.file.identity, source.file.manifest.thumb_offset)
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
-            prepared = self._prepared[memo] = await self._prepare(request, source)
+            prepared = self._prepared[memo] = await self._prepare(request, source, negotiated)
         origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.file.mtime):
             return web.Response(status=304, headers=prepared.headers)
@@ -62,10 +75,34 @@ class ThumbnailService:
         return web.Response(body=result.body, content_type=result.content_type,
                             headers={**prepared.headers, "Server-Timing": server_timing(timings, tier)})
 
-    async def _prepare(self, request: ThumbnailRequest, source: Source) -> _Prepared:
+    def _negotiates(self, request: ThumbnailRequest) -> bool:
+        """format/auto, or no format at all where the partner (or [http]) has auto_format on."""
+        if request.format is OutputFormat.AUTO:
+            return True
+        return not request.format_given and self.config.auto_format(request.entry.partner_id)
+
+    def _negotiate(self, request: ThumbnailRequest, source: Source, accept: str) -> OutputFormat:
+        media = source.media
+        alpha = media.alpha if media.kind is MediaKind.IMAGE else (
+            self.placeholder_alpha if media.kind is MediaKind.AUDIO else False)
+        return negotiate(accept, alpha=alpha, animated=self._animated(request, media))
+
+    def _animated(self, request: ThumbnailRequest, media: MediaInfo) -> bool:
+        """Whether an animated output keeps this source's animation (the format aside): kept, and within budget."""
+        if not self.animation_pixels or media.kind is not MediaKind.IMAGE or media.frames < 2:
+            return False
+        limits = RenderSettings(DEFAULT_QUALITY, self.config.limits.max_source_pixels,
+                                self.config.limits.max_output_pixels)
+        size = (media.width, media.height)
+        return within_budget(media.frames, size, plan_for(request, size, limits).output_size, self.animation_pixels)
+
+    async def _prepare(self, request: ThumbnailRequest, source: Source, negotiated: bool) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
         quality = request.quality or partner.quality or DEFAULT_QUALITY
         key = f"{request.cache_key()}|q={quality if request.format in _LOSSY else '-'}|{source.file.identity}"
+        animates = request.format in ANIMATES and self._animated(request, source.media)
+        if animates:
+            key += f"|animated={self.animation_pixels}"
         max_age = self.config.max_age("thumbnail", request.entry.partner_id)
         times: list[float] = []
         if source.media.kind is MediaKind.VIDEO:
@@ -82,7 +119,10 @@ class ThumbnailService:
         etag = '"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
         headers = {"Cache-Control": cache_control(max_age), "ETag": etag,
                    "Last-Modified": email.utils.formatdate(source.file.mtime, usegmt=True)}
-        settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels)
+        if negotiated:
+            headers["Vary"] = "Accept"
+        settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels,
+                                  self.animation_pixels if animates else 0)
         return _Prepared(key, etag, headers, times, settings)
 
     async def _source(self, request: ThumbnailRequest) -> Source:
@@ -101,6 +141,8 @@ class ThumbnailService:
     async def _render_image(self, request: ThumbnailRequest, source: Source, settings: RenderSettings) -> Rendered:
         """Other sizes of a hot original skip the decode: the decoded picture (at the JPEG scale this size needs)
         is kept in memory, and rendering from it gives the same bytes as decoding again."""
+        if settings.animation_pixels:  # every frame, from the original
+            return await self.pool.run(render_image, request, await self.sources.read_bytes(source.file), settings)
         key = ("decoded", source.file.identity, _jpeg_scale(request, source.media, settings))
         decoded = self.decoded.get(key)
         if decoded is not None:
@@ -133,6 +175,42 @@ class _Prepared:
     headers: dict[str, str]
     times: list[float]  # video: the frames to grab
     settings: RenderSettings
+
+
+@functools.lru_cache(maxsize=1024)  # a few Accept strings make most of the traffic
+def accepted_formats(accept: str) -> frozenset[OutputFormat]:
+    """Which of AVIF and WebP an Accept header names with a quality above 0. `image/*` and `*/*` do not count:
+    browsers that decode neither send them too."""
+    named = set()
+    for item in accept.split(","):
+        media_type, *parameters = (part.strip() for part in item.split(";"))
+        output = _NEGOTIABLE.get(media_type.lower())
+        if output is None:
+            continue
+        quality = next((value for name, _, value in (parameter.partition("=") for parameter in parameters)
+                        if name.strip().lower() == "q"), "1")
+        try:
+            if float(quality) > 0:
+                named.add(output)
+        except ValueError:
+            pass  # a malformed q: as if the type were not named
+    return frozenset(named)
+
+
+_NEGOTIABLE = {"image/avif": OutputFormat.AVIF, "image/webp": OutputFormat.WEBP}
+
+
+def negotiate(accept: str, *, alpha: bool, animated: bool) -> OutputFormat:
+    """SPEC §2 format/auto: the smallest format the client takes: AVIF, then WebP, else JPEG (PNG for a picture
+    with alpha). A source kept animated: WebP if taken, else GIF (every client shows a GIF's animation)."""
+    accepted = accepted_formats(accept)
+    if animated:
+        return OutputFormat.WEBP if OutputFormat.WEBP in accepted else OutputFormat.GIF
+    if OutputFormat.AVIF in accepted:
+        return OutputFormat.AVIF
+    if OutputFormat.WEBP in accepted:
+        return OutputFormat.WEBP
+    return OutputFormat.PNG if alpha else OutputFormat.JPG
 
 
 def _refuse_oversized(media: MediaInfo, max_pixels: int) -> None:
