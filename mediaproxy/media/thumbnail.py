@@ -16,7 +16,7 @@ from PIL import Image
 from ..errors import BadRequest
 from ..urls import ThumbnailRequest
 from . import animation, paint
-from .decode import MAX_KEPT_ICC_BYTES, Decoded, decode, decode_at, metadata_of, open_image
+from .decode import MAX_KEPT_ICC_BYTES, Decoded, decode, decode_at, metadata_of, open_image, reduced
 from .encode import ANIMATES, CONTENT_TYPES, KEEPS_ALPHA, encode, encode_animation
 from .geometry import Plan, plan_thumbnail
 from .video import grab_frames
@@ -67,6 +67,32 @@ def decode_and_render(request: ThumbnailRequest, data: bytes, scale: int,
     decoded = decode_at(data, scale, settings.max_source_pixels)
     clock.lap("decode")
     return decoded, render_decoded(request, decoded, settings, clock)
+
+
+def derive_and_render(request: ThumbnailRequest, finer: Decoded, factor: int,
+                      settings: RenderSettings) -> tuple[Decoded, Rendered]:
+    """A kept picture with `factor` times the detail this size needs, reduced to the scale it needs (see
+    decode.reduced), and the thumbnail from that: not byte for byte a fresh decode's, within the bound SPEC §2
+    states. The caller may keep the reduced picture too."""
+    return _derive_and_render(request, finer, factor, settings, _Clock())
+
+
+def decode_finer_and_render(request: ThumbnailRequest, data: bytes, scale: int, needed: int,
+                            settings: RenderSettings) -> tuple[Decoded, Decoded, Rendered]:
+    """The original decoded at 1/scale, finer than this size needs (1/needed), to be kept for other sizes; the
+    picture reduced to 1/needed; and the thumbnail from that, as derive_and_render gives it."""
+    clock = _Clock()
+    decoded = decode_at(data, scale, settings.max_source_pixels)
+    clock.lap("decode")
+    derived, rendered = _derive_and_render(request, decoded, needed // scale, settings, clock)
+    return decoded, derived, rendered
+
+
+def _derive_and_render(request: ThumbnailRequest, finer: Decoded, factor: int, settings: RenderSettings,
+                       clock: _Clock) -> tuple[Decoded, Rendered]:
+    derived = reduced(finer, factor)
+    clock.lap("derive")
+    return derived, render_decoded(request, derived, settings, clock)
 
 
 def render_decoded(request: ThumbnailRequest, decoded: Decoded, settings: RenderSettings,

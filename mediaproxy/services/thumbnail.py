@@ -28,8 +28,8 @@ from ..media.animation import within_budget
 from ..media.decode import JPEG_FORMATS, reduction
 from ..media.encode import ANIMATES
 from ..media.probe import MediaInfo, MediaKind, has_alpha
-from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, plan_for, render_decoded, render_image,
-                               render_video)
+from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render,
+                               derive_and_render, plan_for, render_decoded, render_image, render_video)
 from ..media.video import frame_times
 from ..refs import FileSelector
 from ..responses import TIER, cache_control, not_modified, server_timing
@@ -40,6 +40,7 @@ from .sources import Source, Sources
 DEFAULT_QUALITY = 75
 BUNDLED_AUDIO_PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "audio.png"
 _LOSSY = frozenset({OutputFormat.JPG, OutputFormat.WEBP, OutputFormat.AVIF})
+_JPEG_SCALES = (1, 2, 4, 8)  # the reductions a JPEG decodes at (decode.reduction)
 
 
 class ThumbnailService:
@@ -139,18 +140,42 @@ class ThumbnailService:
                                                                   version=request.version))
 
     async def _render_image(self, request: ThumbnailRequest, source: Source, settings: RenderSettings) -> Rendered:
-        """Other sizes of a hot original skip the decode: the decoded picture (at the JPEG scale this size needs)
-        is kept in memory, and rendering from it gives the same bytes as decoding again."""
+        """Other sizes of a hot original skip the decode: decoded pictures are kept in memory by (identity, JPEG
+        scale). A picture kept at the scale this size needs gives the bytes a fresh decode gives; one kept at a
+        finer scale is reduced to it (and that kept too), within the bound of SPEC §2. An original asked again in
+        more detail than kept is decoded at full scale (or the finest that may be kept), so that every later size
+        of it derives from that one decode, whatever order the sizes come in."""
         if settings.animation_pixels:  # every frame, from the original
             return await self.pool.run(render_image, request, await self.sources.read_bytes(source.file), settings)
-        key = ("decoded", source.file.identity, _jpeg_scale(request, source.media, settings))
-        decoded = self.decoded.get(key)
-        if decoded is not None:
-            return await self.pool.run(render_decoded, request, decoded, settings)
+        identity = source.file.identity
+        needed = _jpeg_scale(request, source.media, settings)
+        for scale in reversed([scale for scale in _JPEG_SCALES if scale <= needed]):
+            kept = self.decoded.get(("decoded", identity, scale))
+            if kept is None:
+                continue
+            if scale == needed:
+                return await self.pool.run(render_decoded, request, kept, settings)
+            derived, rendered = await self.pool.run(derive_and_render, request, kept, needed // scale, settings)
+            self.decoded.put(("decoded", identity, needed), derived)
+            return rendered
+        asked_before = any(self.decoded.get(("decoded", identity, coarser)) is not None
+                           for coarser in _JPEG_SCALES if coarser > needed)
+        scale = self._finest_kept_scale(source.media, needed) if asked_before else needed
         data = await self.sources.read_bytes(source.file)
-        decoded, rendered = await self.pool.run(decode_and_render, request, data, key[2], settings)
-        self.decoded.put(key, decoded)
+        if scale == needed:
+            decoded, rendered = await self.pool.run(decode_and_render, request, data, scale, settings)
+        else:
+            decoded, derived, rendered = await self.pool.run(decode_finer_and_render, request, data, scale, needed,
+                                                             settings)
+            self.decoded.put(("decoded", identity, needed), derived)
+        self.decoded.put(("decoded", identity, scale), decoded)
         return rendered
+
+    def _finest_kept_scale(self, media: MediaInfo, needed: int) -> int:
+        """The finest JPEG scale, down to `needed`, whose decoded picture is small enough to be kept."""
+        return next((scale for scale in _JPEG_SCALES if scale < needed
+                     and -(-media.width // scale) * -(-media.height // scale) * 3 <= self.decoded.item_limit),
+                    needed)
 
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
         media, times, settings = source.media, prepared.times, prepared.settings
