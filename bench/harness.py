@@ -182,9 +182,14 @@ def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int =
     Counters start at offset + 1,000,000 × thread number: keep offset + threads × 1e6 under 10,000,000 when the
     counter is a `version` (which is clamped there). With `modulo`, the path is prefix + counter % modulo + suffix.
     """
+    return _run_wrk(url, _WRK_SCRIPT.format(prefix=path, suffix=suffix, modulo=modulo,
+                                            unique="true" if unique else "false", offset_base=offset),
+                    seconds=seconds, connections=connections, threads=threads)
+
+
+def _run_wrk(url: str, script_text: str, *, seconds: float, connections: int, threads: int = 1) -> Load:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT.format(prefix=path, suffix=suffix, modulo=modulo,
-                                        unique="true" if unique else "false", offset_base=offset))
+        script.write(script_text)
     try:
         result = subprocess.run([tool("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout",
                                  "30s", "-s", script.name, url], capture_output=True, text=True, check=True)
@@ -195,6 +200,41 @@ def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int =
         raise RuntimeError(f"could not read wrk's output:\n{result.stdout}\n{result.stderr}")
     requests, errors = int(match[1]), int(match[2])
     return Load(requests / seconds, requests, errors, float(match[3]), float(match[4]))
+
+
+_WRK_LIST_SCRIPT = """
+local paths = {{{paths}}}
+local counter = 0
+local threads = 0
+local unique = {unique}
+function setup(thread)
+  threads = threads + 1
+  thread:set("offset", {offset_base} + threads * 1000000)
+end
+function init(args)
+  counter = offset
+end
+request = function()
+  counter = counter + 1
+  local path = paths[counter % #paths + 1]
+  if unique then path = path .. counter end
+  return wrk.format("GET", path)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %f %f\\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def wrk_list(url: str, paths: list[str], *, seconds: float, connections: int, unique: bool = False,
+             offset: int = 0) -> Load:
+    """Drive GET url+path for each path of `paths` in turn, round and round (with unique=True: path + a counter,
+    every request a new cache key; the counter's rules are wrk's). The list starts where the counter falls."""
+    listed = ", ".join('"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"' for path in paths)
+    return _run_wrk(url, _WRK_LIST_SCRIPT.format(paths=listed, unique="true" if unique else "false",
+                                                 offset_base=offset), seconds=seconds, connections=connections)
 
 
 def in_threads(work: Callable[[int], object], *, threads: int, seconds: float) -> float:
