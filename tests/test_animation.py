@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from fixtures.generate import colour_for_second
+from fixtures.generate import colour_for_second, mpo
 from mediaproxy.media.thumbnail import RenderSettings, render_image
 from mediaproxy.urls import parse
 
@@ -125,6 +125,13 @@ def test_other_outputs_and_the_default_give_the_first_frame():
         rendered, image = render(source, params, budget=budget)
         assert rendered.frames == 1 and getattr(image, "n_frames", 1) == 1
         assert near(image.convert("RGBA").getpixel((30, 20)), colour_for_second(0) + (255,))
+
+
+def test_several_pictures_that_are_no_animation_give_the_first():
+    source = mpo(60, 40, colours=((255, 0, 0), (0, 0, 255)))  # a stereo pair: MPO's second picture is no frame
+    rendered, image = render(source, "width/30/format/gif")
+    assert rendered.frames == 1 and getattr(image, "n_frames", 1) == 1
+    assert near(image.convert("RGBA").getpixel((15, 10)), (255, 0, 0, 255))
 
 
 async def test_over_http_only_where_the_config_keeps_animation(serve, tmp_path):

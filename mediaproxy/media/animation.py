@@ -15,6 +15,9 @@ from PIL import Image
 from .decode import MAX_KEPT_ICC_BYTES, TRANSPOSES, load_frame, orientation_of, oriented_size, to_srgb
 
 
+ANIMATED_SOURCES = frozenset({"GIF", "WEBP"})  # Pillow formats; not MPO's or HEIF's several pictures
+
+
 @dataclass(frozen=True)
 class Frame:
     image: Image.Image  # upright, the whole canvas, the caller's own (the next frame does not change it)
@@ -22,7 +25,8 @@ class Frame:
 
 
 def frame_count(image: Image.Image) -> int:
-    return getattr(image, "n_frames", 1)
+    """Frames of an animation (1 for a still, and for formats whose several pictures are no animation)."""
+    return getattr(image, "n_frames", 1) if image.format in ANIMATED_SOURCES else 1
 
 
 def within_budget(frames: int, source_size: tuple[int, int], output_size: tuple[int, int], budget: int) -> bool:

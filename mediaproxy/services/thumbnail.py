@@ -24,7 +24,7 @@ from ..cache.results import Result, ResultCache
 from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
 from ..cache.memory import MemoryCache
-from ..media.animation import within_budget
+from ..media.animation import ANIMATED_SOURCES, within_budget
 from ..media.decode import JPEG_FORMATS, reduction
 from ..media.encode import ANIMATES
 from ..media.probe import MediaInfo, MediaKind, has_alpha
@@ -52,8 +52,8 @@ class ThumbnailService:
         self.pool = pool
         self.config = config
         self.placeholder = (config.video.audio_placeholder or BUNDLED_AUDIO_PLACEHOLDER).read_bytes()
-        self.placeholder_alpha = has_alpha(Image.open(io.BytesIO(self.placeholder)))
         self.animation_pixels = config.thumbnail.animation_pixels if config.thumbnail.keep_animation else 0
+        self._limits = RenderSettings(DEFAULT_QUALITY, config.limits.max_source_pixels, config.limits.max_output_pixels)
         self._prepared: LRUCache = LRUCache(maxsize=20_000)
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
@@ -85,17 +85,21 @@ class ThumbnailService:
     def _negotiate(self, request: ThumbnailRequest, source: Source, accept: str) -> OutputFormat:
         media = source.media
         alpha = media.alpha if media.kind is MediaKind.IMAGE else (
-            self.placeholder_alpha if media.kind is MediaKind.AUDIO else False)
+            self._placeholder_alpha if media.kind is MediaKind.AUDIO else False)
         return negotiate(accept, alpha=alpha, animated=self._animated(request, media))
+
+    @functools.cached_property
+    def _placeholder_alpha(self) -> bool:
+        with Image.open(io.BytesIO(self.placeholder)) as picture:
+            return has_alpha(picture)
 
     def _animated(self, request: ThumbnailRequest, media: MediaInfo) -> bool:
         """Whether an animated output keeps this source's animation (the format aside): kept, and within budget."""
-        if not self.animation_pixels or media.kind is not MediaKind.IMAGE or media.frames < 2:
+        if not self.animation_pixels or media.container not in ANIMATED_SOURCES or media.frames < 2:
             return False
-        limits = RenderSettings(DEFAULT_QUALITY, self.config.limits.max_source_pixels,
-                                self.config.limits.max_output_pixels)
         size = (media.width, media.height)
-        return within_budget(media.frames, size, plan_for(request, size, limits).output_size, self.animation_pixels)
+        return within_budget(media.frames, size, plan_for(request, size, self._limits).output_size,
+                             self.animation_pixels)
 
     async def _prepare(self, request: ThumbnailRequest, source: Source, negotiated: bool) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
