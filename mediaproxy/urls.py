@@ -755,7 +755,8 @@ def _values(request: ServiceRequest) -> list[tuple[str, ParameterValue, bool]]:
             ("end_sec", request.end_sec, request.end_sec is not None),
             ("density", request.density, request.density is not None),
             ("strip", request.strip, request.strip),
-            ("format", request.format.value, request.format is not OutputFormat.JPG),
+            # a given jpg is written: under [http] auto_format, leaving it out would make the link negotiate
+            ("format", request.format.value, request.format is not OutputFormat.JPG or request.format_given),
             ("version", request.version, request.version is not None),
             ("flavor_id", request.flavor_id, request.flavor_id is not None),
         ]

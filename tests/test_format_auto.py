@@ -11,7 +11,7 @@ from PIL import Image
 
 from fixtures.generate import alpha_png, photo_like_jpeg
 from mediaproxy.services.thumbnail import accepted_formats, negotiate
-from mediaproxy.urls import OutputFormat, parse
+from mediaproxy.urls import OutputFormat, canonical_path, parse
 
 from .conftest import make_config, make_entry
 
@@ -61,6 +61,9 @@ def test_the_grammar_reads_auto_and_whether_a_format_was_given():
     assert (absent.format_given, explicit.format_given) == (False, True)
     assert absent == explicit and absent.cache_key() == explicit.cache_key()  # the same picture when not negotiated
     assert auto.cache_key() != absent.cache_key()
+    # which the canonical path keeps: under [http] auto_format the two differ
+    assert canonical_path(explicit).endswith("/format/jpg") and "format" not in canonical_path(absent)
+    assert canonical_path(auto).endswith("/format/auto")
 
 
 @pytest.fixture
