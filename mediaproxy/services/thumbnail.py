@@ -12,6 +12,7 @@ import email.utils
 import functools
 import hashlib
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,10 +177,9 @@ class ThumbnailService:
         return rendered
 
     def _finest_kept_scale(self, media: MediaInfo, needed: int) -> int:
-        """The finest JPEG scale, down to `needed`, whose decoded picture is small enough to be kept."""
-        return next((scale for scale in _JPEG_SCALES if scale < needed
-                     and -(-media.width // scale) * -(-media.height // scale) * 3 <= self.decoded.item_limit),
-                    needed)
+        """The finest JPEG scale, down to `needed`, whose decoded picture (RGB) is small enough to be kept."""
+        return next((scale for scale in _JPEG_SCALES if scale < needed and math.ceil(media.width / scale)
+                     * math.ceil(media.height / scale) * 3 <= self.decoded.item_limit), needed)
 
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
         media, times, settings = source.media, prepared.times, prepared.settings
@@ -230,8 +230,8 @@ _NEGOTIABLE = {"image/avif": OutputFormat.AVIF, "image/webp": OutputFormat.WEBP}
 
 
 def negotiate(accept: str, *, alpha: bool, animated: bool) -> OutputFormat:
-    """SPEC §2 format/auto: the smallest format the client takes: AVIF, then WebP, else JPEG (PNG for a picture
-    with alpha). A source kept animated: WebP if taken, else GIF (every client shows a GIF's animation)."""
+    """SPEC §2 format/auto: AVIF if the client takes it, then WebP, else JPEG (PNG for a picture with alpha). A
+    source kept animated: WebP if taken, else GIF (every client shows a GIF's animation)."""
     accepted = accepted_formats(accept)
     if animated:
         return OutputFormat.WEBP if OutputFormat.WEBP in accepted else OutputFormat.GIF
