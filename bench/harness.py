@@ -218,11 +218,12 @@ def _run_wrk(url: str, lua: str, *, threads: int, seconds: float, connections: i
 
 
 _WRK_LUA = """
+{prelude}
 local counter = 0
 local threads = 0
 function setup(thread)
   threads = threads + 1
-  thread:set("offset", threads * 7919)
+  thread:set("offset", {offset_base} + threads * 1000000)
 end
 function init(args)
   counter = offset
@@ -239,10 +240,24 @@ end
 """
 
 
-def wrk_lua(url: str, body: str, *, seconds: float, connections: int) -> Load:
-    """Drive url with requests made by a Lua `request` body that sees `counter` (1, 2, ... per thread) and returns
-    `wrk.format(...)`: paths computed per request (a clip window from the counter, say)."""
-    return _run_wrk(url, _WRK_LUA.replace("{body}", body), threads=1, seconds=seconds, connections=connections)
+def wrk_lua(url: str, body: str, *, seconds: float, connections: int, prelude: str = "", offset: int = 0) -> Load:
+    """Drive url with requests made by a Lua `request` body that sees `counter` (offset + 1,000,000 × thread
+    number, then + 1 per request) and returns `wrk.format(...)`: paths computed per request (a clip window from
+    the counter, say). `prelude`: Lua run once before (a table of paths)."""
+    lua = _WRK_LUA.replace("{prelude}", prelude).replace("{offset_base}", str(offset)).replace("{body}", body)
+    return _run_wrk(url, lua, threads=1, seconds=seconds, connections=connections)
+
+
+def wrk_list(url: str, paths: list[str], *, seconds: float, connections: int, unique: bool = False,
+             offset: int = 0) -> Load:
+    """Drive GET url+path for each path of `paths` in turn, round and round (with unique=True: path + a counter,
+    every request a new cache key; the counter's rules are wrk's). The list starts where the counter falls."""
+    listed = ", ".join('"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"' for path in paths)
+    body = "local path = paths[counter % #paths + 1]\n  "
+    body += "path = path .. counter\n  " if unique else ""
+    body += 'return wrk.format("GET", path)'
+    return wrk_lua(url, body, seconds=seconds, connections=connections, prelude=f"local paths = {{{listed}}}",
+                   offset=offset)
 
 
 def in_threads(work: Callable[[int], object], *, threads: int, seconds: float) -> float:

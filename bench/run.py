@@ -1,6 +1,6 @@
 """The mediaproxy benchmark: every scenario measured side by side in one run, reported as ratios.
 
-    python bench/run.py [--seconds 5] [--only thumbnails]
+    python bench/run.py [--seconds 5] [--only thumbnails|peers|mix|formats|videos|memory]
 
 Needs `wrk` and `nginx` (apt-get install -y wrk nginx). Prints a Markdown table (and writes it to
 bench/results/latest.md). Absolute figures depend on the machine and its neighbours; the ratios are the result.
@@ -9,7 +9,10 @@ bench/results/latest.md). Absolute figures depend on the machine and its neighbo
 from __future__ import annotations
 
 import argparse
+import io
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -21,13 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (CORES, BareAiohttp, Load, Mediaproxy, Nginx, Thumbor, children,  # noqa: E402
-                           in_threads, peak_rss_mb, run_in_background, tool, wait_for, wrk)
+                           in_threads, peak_rss_mb, run_in_background, tool, wait_for, wrk, wrk_list)
 from bench.clips import clips  # noqa: E402
 from bench.media import panning_video  # noqa: E402
 from bench.remote import remote  # noqa: E402
 from bench.soak import soak  # noqa: E402
-from fixtures.generate import photo_like_image, photo_like_jpeg  # noqa: E402
-from PIL import Image  # noqa: E402
+from fixtures.generate import MEDIA_DIR, photo_like_image, photo_like_jpeg  # noqa: E402
+from PIL import Image, ImageChops  # noqa: E402
 from mediaproxy.media.thumbnail import RenderSettings, render_image, render_video  # noqa: E402
 from mediaproxy.urls import parse  # noqa: E402
 
@@ -151,6 +154,120 @@ def peers(workdir: Path, seconds: float) -> list[Row]:
     return rows
 
 
+MIX_WIDTHS = (320, 480, 640, 960)  # a srcset's sizes, type 3 at 4:3
+MIX_ORIGINALS = 40
+MIX_ROOMY_DECODED_BYTES = 512_000_000
+
+
+def mix(workdir: Path, seconds: float) -> list[Row]:
+    """What a CDN origin sees: 40 originals, each asked at the four sizes of a srcset, the 160 requests in a shuffled
+    order, every one a new cache key; against thumbor tuned, with decoded pictures kept (derived sizes) and not."""
+    origin = workdir / "origin"
+    entries = _mix_origin(origin)
+    asked = [(entry, width, width * 3 // 4) for entry in entries for width in MIX_WIDTHS]
+    random.Random(15).shuffle(asked)
+    ours = [f"/p/100/sp/10000/thumbnail/entry_id/{entry}/width/{width}/height/{height}/type/3/version/"
+            for entry, width, height in asked]
+    theirs = [f"/unsafe/{width}x{height}/100/{entry}/original.jpg" for entry, width, height in asked]
+    offsets = iter(range(0, 8_800_000, 100_000))  # every request a new version, never one asked before
+    no_reuse = {"MEDIAPROXY_CACHE_DECODED_BYTES": "0"}
+    # the 40 originals' full-scale pictures are ~250 MB per worker: more than the default budget keeps
+    roomy = {"MEDIAPROXY_CACHE_DECODED_BYTES": str(MIX_ROOMY_DECODED_BYTES)}
+    with Mediaproxy(workdir / "mediaproxy", origin) as reuse, \
+            Mediaproxy(workdir / "mediaproxy-no-reuse", origin, environment=no_reuse) as fresh, \
+            Mediaproxy(workdir / "mediaproxy-roomy", origin, environment=roomy) as spacious, \
+            Thumbor(workdir / "thumbor-tuned", origin, tuned=True) as tuned:
+        for url in (f"{reuse.url}/healthz", f"{fresh.url}/healthz", f"{spacious.url}/healthz",
+                    f"{tuned.url}/healthcheck"):
+            wait_for(url)
+
+        def ours_on(server: Mediaproxy) -> float:
+            load = wrk_list(server.url, ours, seconds=seconds, connections=4 * CORES, unique=True,
+                            offset=next(offsets))
+            _check(load, "mix")
+            return load.requests_per_second
+
+        def thumbor() -> float:
+            load = wrk_list(tuned.url, theirs, seconds=seconds, connections=4 * CORES)
+            _check(load, "mix on thumbor")
+            return load.requests_per_second
+
+        for url, paths in ((reuse.url, ours), (fresh.url, ours), (spacious.url, ours), (tuned.url, theirs)):
+            # the warm-up: thumbor starts slowly, and decoded pictures are kept from here on, as in steady traffic
+            wrk_list(url, paths, seconds=2, connections=4 * CORES, unique=paths is ours, offset=next(offsets))
+        reused, thumbor_reused = alternate(lambda: ours_on(reuse), thumbor, rounds=3)
+        decoding, thumbor_decoding = alternate(lambda: ours_on(fresh), thumbor, rounds=3)
+        roomy_reused, thumbor_roomy = alternate(lambda: ours_on(spacious), thumbor, rounds=3)
+    peer = f"(thumbor, {CORES} processes, engine pool {CORES})"
+    return [
+        (f"mix thumbnails/s: {MIX_ORIGINALS} 1920×1080 JPEGs × widths {'/'.join(map(str, MIX_WIDTHS))} (type 3), "
+         "shuffled, all new keys, vs thumbor tuned", f"{reused:.1f}", f"{thumbor_reused:.1f} {peer}",
+         f"{reused / thumbor_reused:.2f}×", "≥ 2× (stretch 3×)"),
+        ("  … decoded pictures not kept (`decoded_bytes = 0`)", f"{decoding:.1f}", f"{thumbor_decoding:.1f} {peer}",
+         f"{decoding / thumbor_decoding:.2f}×", "≥ 1.0×"),
+        (f"  … `decoded_bytes = {MIX_ROOMY_DECODED_BYTES // 1_000_000} MB` (every original kept: decoded once per "
+         "worker)", f"{roomy_reused:.1f}", f"{thumbor_roomy:.1f} {peer}", f"{roomy_reused / thumbor_roomy:.2f}×", ""),
+    ]
+
+
+def _mix_origin(origin: Path) -> list[str]:
+    """MIX_ORIGINALS distinct photo-like 1920×1080 JPEGs (quality 90): a few generated pictures (slow to make),
+    each flipped and shifted into several originals whose pixels all differ."""
+    bases = [photo_like_image(1920, 1080, seed=seed) for seed in range(5)]
+    turns = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)
+    entries = []
+    for index in range(MIX_ORIGINALS):
+        base = bases[index % len(bases)]
+        turn = turns[index // len(bases) % len(turns)]
+        picture = ImageChops.offset(base if turn is None else base.transpose(turn), 97 * index, 53 * index)
+        entry = f"0_mix{index}"
+        folder = origin / "100" / entry
+        folder.mkdir(parents=True)
+        picture.save(folder / "original.jpg", quality=90, subsampling="4:2:0")
+        entries.append(entry)
+    return entries
+
+
+def formats(workdir: Path, seconds: float) -> list[Row]:
+    """Bytes of the same thumbnails in WebP and AVIF against JPEG at the same quality setting (75), on photos:
+    the mix's sizes of two 1080p photo-like JPEGs, a 12 MP one and the bundled photo; with the encoders' time and
+    how far each lands from the picture before encoding (PSNR), since one quality number means another fidelity
+    in each codec."""
+    photos = [photo_like_jpeg(1920, 1080, quality=90, seed=seed) for seed in (1, 2)]
+    photos += [photo_like_jpeg(4000, 3000, quality=90, seed=3), (MEDIA_DIR / "100/0_photo/original.jpg").read_bytes()]
+    settings = RenderSettings(75)
+    totals = {name: 0 for name in ("jpg", "webp", "avif")}
+    encode_ms = {name: [] for name in totals}
+    fidelity = {name: [] for name in totals}
+    for data in photos:
+        for width in MIX_WIDTHS:
+            size = f"/p/100/thumbnail/entry_id/x/width/{width}/height/{width * 3 // 4}/type/3"
+            lossless = Image.open(io.BytesIO(render_image(parse(size + "/format/png", 100), data, settings).body))
+            for name in totals:
+                rendered = render_image(parse(f"{size}/format/{name}", 100), data, settings)
+                totals[name] += len(rendered.body)
+                encode_ms[name].append(rendered.timings["encode"])
+                fidelity[name].append(_psnr(Image.open(io.BytesIO(rendered.body)), lossless))
+    count = len(photos) * len(MIX_WIDTHS)
+    rows: list[Row] = []
+    for name in ("webp", "avif"):
+        rows.append((f"thumbnail bytes, {count} photo thumbnails 320–960 wide at quality 75: {name} vs jpg",
+                     f"{totals[name] / 1000:.0f} KB", f"{totals['jpg'] / 1000:.0f} KB (jpg)",
+                     f"{(totals[name] / totals['jpg'] - 1) * 100:+.0f} %", "smaller"))
+    rows.append(("  encode ms per thumbnail, jpg / webp / avif",
+                 " / ".join(f"{statistics.mean(encode_ms[name]):.1f}" for name in totals), "", "", ""))
+    rows.append(("  PSNR against the picture before encoding (dB), jpg / webp / avif",
+                 " / ".join(f"{statistics.mean(fidelity[name]):.1f}" for name in totals), "", "", ""))
+    return rows
+
+
+def _psnr(image: Image.Image, reference: Image.Image) -> float:
+    histogram = ImageChops.difference(image.convert("RGB"), reference.convert("RGB")).histogram()
+    squares = sum(value * value * count for channel in range(3)
+                  for value, count in enumerate(histogram[channel * 256:(channel + 1) * 256]))
+    return 10 * math.log10(255 ** 2 * 3 * image.width * image.height / max(squares, 1))
+
+
 def memory(workdir: Path, seconds: float) -> list[Row]:
     """Peak resident memory per worker under 64 concurrent distinct 12 MP thumbnails."""
     origin = workdir / "origin"
@@ -246,7 +363,8 @@ def _check(load: Load, what: str) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Path, float], list[Row]]] = {
-    "thumbnails": thumbnails, "peers": peers, "videos": videos, "memory": memory, "remote": remote, "clips": clips, "soak": soak}
+    "thumbnails": thumbnails, "peers": peers, "mix": mix, "formats": formats, "videos": videos, "memory": memory,
+    "remote": remote, "clips": clips, "soak": soak}
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ from .refs import ID_PATTERN
 SERVICES = ("thumbnail", "flvclipper", "raw")
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "avif", "tif", "tiff", "bmp", "mp4", "m4v", "mov",
-                      "flv", "webm", "mkv", "m4a", "mp3", "aac", "wav", "ogg")
+                      "flv", "webm", "mkv", "m4a", "mp3", "aac", "wav", "ogg", "heic", "heif")
 
 
 class ConfigError(Exception):
@@ -88,6 +88,12 @@ class ProcessingConfig:
 
 
 @dataclass(frozen=True)
+class ThumbnailConfig:
+    keep_animation: bool = False  # animated GIF/WebP sources stay animated in gif/webp outputs (Kaltura: 1st frame)
+    animation_pixels: int = 25_000_000  # frames × the larger of source and output frame; past it, the first frame
+
+
+@dataclass(frozen=True)
 class VideoConfig:
     thumbnail_flavor: str = ""  # grab frames from this flavor when the entry has it (often smaller to decode)
     audio_placeholder: Path | None = None  # the picture of audio entries; None = the bundled one
@@ -100,6 +106,7 @@ class HttpConfig:
     flvclipper_max_age: int = 8_640_000
     placeholder_max_age: int = 300  # the audio placeholder: short, so a real picture shows up soon
     error_max_age: int = 0  # errors: 0 = Cache-Control: no-store
+    auto_format: bool = False  # thumbnails without `format` negotiate it from Accept, as format/auto does
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ class PartnerConfig:
     admin_secrets: tuple[str, ...] = ()
     ks_required_for: tuple[str, ...] = ()
     quality: int = 0  # default thumbnail quality; 0 = 75
+    auto_format: bool | None = None  # None = the [http] value
     thumbnail_max_age: int = -1  # -1 = [http] value
     raw_max_age: int = -1
     flvclipper_max_age: int = -1
@@ -130,6 +138,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    thumbnail: ThumbnailConfig = field(default_factory=ThumbnailConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
@@ -147,6 +156,11 @@ class Config:
 
     def partner(self, partner_id: int) -> PartnerConfig:
         return self.partners.get(partner_id, _PUBLIC_PARTNER)
+
+    def auto_format(self, partner_id: int) -> bool:
+        """Whether thumbnails of this partner without `format` negotiate it from Accept."""
+        own = self.partner(partner_id).auto_format
+        return self.http.auto_format if own is None else own
 
     def max_age(self, service: str, partner_id: int) -> int:
         own = getattr(self.partner(partner_id), f"{service}_max_age")
@@ -330,6 +344,8 @@ def _check(config: Config) -> None:
     placeholder = config.video.audio_placeholder
     if placeholder is not None and not placeholder.is_file():
         raise ConfigError(f"[video] audio_placeholder {str(placeholder)!r} is not a file")
+    if config.thumbnail.animation_pixels < 0:
+        raise ConfigError("[thumbnail] animation_pixels must be 0 or more")
     if origin.block_bytes < 4096:
         raise ConfigError("[origin] block_bytes must be at least 4096")
     if origin.deadline_seconds <= 0 or origin.connections < 1 or origin.connections_per_entry < 1:

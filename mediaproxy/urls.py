@@ -46,6 +46,7 @@ class OutputFormat(StrEnum):
     GIF = "gif"
     WEBP = "webp"
     AVIF = "avif"
+    AUTO = "auto"  # negotiated from the client's Accept by the service; never reaches the encoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,9 @@ class ThumbnailRequest:
     version: int | None = None
     flavor_id: str | None = None
     file_name: str | None = field(default=None, compare=False)
+    # False: no `format` in the URL, so jpg is the service's default, which `[http] auto_format` turns into a
+    # negotiation. Not compared: under the default config an absent format and `format/jpg` are the same picture.
+    format_given: bool = field(default=False, compare=False)
 
     service = "thumbnail"
 
@@ -577,13 +581,14 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
     quality = params.integer("quality", 0, 0, 100)
     if quality == 0 and params.given_text("quality"):
         params.note(NoteKind.DEFAULT, "quality", "0: the partner's default")
-    format_given = params.get("format") or "jpg"
-    format_text = format_given.lower()
+    format_text = params.get("format") or ""
+    format_given = format_text != ""
     try:
-        output_format = OutputFormat("jpg" if format_text == "jpeg" else format_text)
+        output_format = OutputFormat({"": "jpg", "jpeg": "jpg"}.get(format_text.lower(), format_text.lower()))
     except ValueError:
-        raise BadRequest(f"format: {format_text[:40]!r} is not one of jpg, png, gif, webp, avif") from None
-    if output_format.value != format_given:
+        raise BadRequest(f"format: {format_text.lower()[:40]!r} is not one of jpg, png, gif, webp, avif, "
+                         "auto") from None
+    if format_given and output_format.value != format_text:
         params.note(NoteKind.READ_AS, "format", f"read as {output_format.value}")
 
     vid_sec = params.number("vid_sec", negative="the entry's thumb_offset, else 3 s")
@@ -631,6 +636,7 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
         density=density or None,
         strip=params.flag("strip"),
         format=output_format,
+        format_given=format_given,
         version=params.version(),
         flavor_id=params.flavor(),
         file_name=params.accepted("file_name", "a thumbnail is not a download"),
@@ -749,7 +755,8 @@ def _values(request: ServiceRequest) -> list[tuple[str, ParameterValue, bool]]:
             ("end_sec", request.end_sec, request.end_sec is not None),
             ("density", request.density, request.density is not None),
             ("strip", request.strip, request.strip),
-            ("format", request.format.value, request.format is not OutputFormat.JPG),
+            # a given jpg is written: under [http] auto_format, leaving it out would make the link negotiate
+            ("format", request.format.value, request.format is not OutputFormat.JPG or request.format_given),
             ("version", request.version, request.version is not None),
             ("flavor_id", request.flavor_id, request.flavor_id is not None),
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from .conftest import FIXTURE_MEDIA, REPO, free_port, require_tool
 
@@ -135,3 +137,23 @@ def test_answers_that_needed_a_ks_are_not_cached(cluster):
     with pytest.raises(urllib.error.HTTPError) as denied:  # and without the KS nothing leaks from a cache
         _get(f"{url}/p/200/sp/20000/raw/entry_id/0_private")
     assert denied.value.code == 403
+
+
+def test_negotiated_thumbnails_are_cached_once_per_format_not_per_accept_string(cluster):
+    url, nodes = cluster
+    path = f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/64/format/auto"
+    asked = [
+        ("image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8", "image/avif", "MISS"),
+        ("image/avif,*/*", "image/avif", "HIT"),  # another browser's string, the same answer
+        ("image/webp,*/*", "image/webp", "MISS"),
+        ("image/avif;q=0, image/webp", "image/webp", "HIT"),  # avif refused: the webp copy
+        ("*/*", "image/jpeg", "MISS"),
+        ("image/png,image/*;q=0.8", "image/jpeg", "HIT"),
+    ]
+    for accept, content_type, cache in asked:
+        status, headers, body = _get(path, {"Accept": accept})
+        assert status == 200
+        assert (headers["Content-Type"], headers["X-Cache-Status"]) == (content_type, cache), accept
+        assert headers["Vary"] == "Accept"  # passed on to the clients and caches further down
+        assert Image.open(io.BytesIO(body)).format == content_type.partition("/")[2].upper()
+    assert sum(_settled_counts(nodes, 3)) == 3

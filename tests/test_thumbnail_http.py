@@ -112,7 +112,7 @@ async def built(serve, tmp_path, origin):
     return await serve(origin_config(tmp_path, origin))
 
 
-IMAGE_RENDERS = {"render_image", "decode_and_render", "render_decoded"}
+IMAGE_RENDERS = {"render_image", "decode_and_render", "render_decoded", "derive_and_render", "decode_finer_and_render"}
 
 
 def count_renders(app) -> list[str]:

@@ -18,6 +18,13 @@ from .geometry import Plan
 
 ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
+TRANSPOSES = {  # what turns a picture stored with an EXIF orientation upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_INVERSE = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,  # the others undo themselves
+            Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
 _SRGB = ImageCms.createProfile("sRGB")
 DRAFT_GAP = 1.0  # decode at the largest JPEG scale that still has every pixel the output needs (as libvips)
 # SPEC §2: metadata an output carries is bounded. A larger ICC profile is applied to the pixels instead of copied;
@@ -31,6 +38,7 @@ class Decoded:
     image: Image.Image  # oriented, first frame, fully loaded
     source_size: tuple[int, int]  # the oriented size of the source, before any shrink-on-load
     info: dict  # metadata to carry over: "exif" (without orientation), "icc_profile", "xmp"
+    orientation: int = 1  # the EXIF orientation the image was turned upright from
 
     @property
     def shrink(self) -> tuple[float, float]:
@@ -43,9 +51,9 @@ JPEG_FORMATS = ("JPEG", "MPO")
 
 def decode(data: bytes, make_plan: Callable[[tuple[int, int]], Plan], max_pixels: int) -> tuple[Decoded, Plan]:
     """Open `data`, plan from its oriented size (`make_plan`), decode only as many pixels as that plan needs."""
-    image = _open(data, max_pixels)
+    image = open_image(data, max_pixels)
     if image.format in JPEG_FORMATS:  # the EXIF block is read with the header: plan, then decode less
-        plan = make_plan(_oriented(image.size, _orientation(image)))
+        plan = make_plan(oriented_size(image.size, orientation_of(image)))
         return _decode(image, reduction(image.size, plan)), plan
     decoded = _decode(image, 1)  # other formats may keep EXIF after the pixels (PNG), or orient while loading (TIFF)
     return decoded, make_plan(decoded.source_size)
@@ -54,7 +62,20 @@ def decode(data: bytes, make_plan: Callable[[tuple[int, int]], Plan], max_pixels
 def decode_at(data: bytes, scale: int, max_pixels: int) -> Decoded:
     """`data` decoded at 1/scale (JPEG's 1, 2, 4 or 8; other formats at full size), oriented: the same pixels
     `decode` produces for a plan whose `reduction` is `scale`, so a copy kept from one serves the other."""
-    return _decode(_open(data, max_pixels), scale)
+    return _decode(open_image(data, max_pixels), scale)
+
+
+def reduced(decoded: Decoded, factor: int) -> Decoded:
+    """A kept picture brought down by a whole factor (box averages of factor × factor pixels): close to what decoding
+    at that much smaller a JPEG scale gives (PSNR ~48-52 dB on photos), for a fraction of a decode's time.
+
+    The blocks are laid on the file's own grid, as the decoder lays them: where the orientation moved the stored
+    right or bottom edge (and its partial blocks) elsewhere, the picture is turned back for the reduction."""
+    turn = TRANSPOSES.get(decoded.orientation)
+    if turn is None:
+        return Decoded(decoded.image.reduce(factor), decoded.source_size, decoded.info)
+    stored = decoded.image.transpose(_INVERSE.get(turn, turn))
+    return Decoded(stored.reduce(factor).transpose(turn), decoded.source_size, decoded.info, decoded.orientation)
 
 
 def reduction(stored_size: tuple[int, int], plan: Plan) -> int:
@@ -66,7 +87,7 @@ def reduction(stored_size: tuple[int, int], plan: Plan) -> int:
     return next((scale for scale in (8, 4, 2) if ratio >= scale), 1)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:  # Pillow's global guard, where something re-enabled it
@@ -80,35 +101,39 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 def _decode(image: Image.Image, scale: int) -> Decoded:
     if image.format in JPEG_FORMATS:
-        orientation = _orientation(image)
-        source_size = _oriented(image.size, orientation)
+        orientation = orientation_of(image)
+        source_size = oriented_size(image.size, orientation)
         if scale > 1:
             image.draft("RGB" if image.mode == "RGB" else None,
                         (max(1, image.width // scale), max(1, image.height // scale)))
         _load(image)
     else:
         _load(image)
-        orientation = _orientation(image)
-        source_size = _oriented(image.size, orientation)
+        orientation = orientation_of(image)
+        source_size = oriented_size(image.size, orientation)
     if orientation != 1:
         image = ImageOps.exif_transpose(image)  # also drops the orientation from the XMP it carries
-    info = _metadata(image)
+    info = metadata_of(image)
     if image.mode == "CMYK":
         image = _cmyk_to_rgb(image, info.pop("icc_profile", None))
     elif len(info.get("icc_profile", b"")) > MAX_KEPT_ICC_BYTES:
-        image = _to_srgb(image, info.pop("icc_profile"))
-    return Decoded(image, source_size, info)
+        image = to_srgb(image, info.pop("icc_profile"))
+    return Decoded(image, source_size, info, orientation)
 
 
 def _load(image: Image.Image) -> None:
+    load_frame(image, 0)  # animated GIF/WebP: the first frame
+
+
+def load_frame(image: Image.Image, index: int) -> None:
     try:
-        image.seek(0)  # animated GIF/WebP: the first frame
+        image.seek(index)
         image.load()
     except Exception as error:  # noqa: BLE001 - truncated or corrupt data surfaces here
         raise Unprocessable(f"the original cannot be decoded ({_reason(error)})") from None
 
 
-def _oriented(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+def oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in _SWAPS_AXES else size
 
 
@@ -123,7 +148,7 @@ def _cmyk_to_rgb(image: Image.Image, profile: bytes | None) -> Image.Image:
     return image.convert("RGB")
 
 
-def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
+def to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
     """The pixels converted from their (RGB) profile to sRGB, which an output without a profile is read as."""
     mode = "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
     if image.mode != mode:
@@ -137,7 +162,7 @@ def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
     return image
 
 
-def _orientation(image: Image.Image) -> int:
+def orientation_of(image: Image.Image) -> int:
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not stop the picture
@@ -145,7 +170,7 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _metadata(image: Image.Image) -> dict:
+def metadata_of(image: Image.Image) -> dict:
     info = {}
     try:
         exif = image.getexif()

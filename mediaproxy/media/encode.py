@@ -1,8 +1,10 @@
-"""Encode the finished picture: jpg, png, gif, webp, avif with quality, DPI and (unless stripped) metadata."""
+"""Encode the finished picture: jpg, png, gif, webp, avif with quality, DPI and (unless stripped) metadata; and
+animations (gif, webp) frame by frame."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -16,6 +18,7 @@ CONTENT_TYPES = {
     OutputFormat.AVIF: "image/avif",
 }
 KEEPS_ALPHA = frozenset({OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.AVIF})
+ANIMATES = frozenset({OutputFormat.GIF, OutputFormat.WEBP})
 _PILLOW_FORMATS = {OutputFormat.JPG: "JPEG", OutputFormat.PNG: "PNG", OutputFormat.GIF: "GIF",
                    OutputFormat.WEBP: "WEBP", OutputFormat.AVIF: "AVIF"}
 _METADATA_SUPPORT = {  # which of exif / icc_profile / xmp each writer takes
@@ -31,6 +34,42 @@ def encode(image: Image.Image, output: OutputFormat, quality: int, *, density: i
            metadata: dict | None = None) -> bytes:
     """`image` is RGB, or RGBA for formats in KEEPS_ALPHA. `metadata` None = stripped."""
     image.info = {}  # writers fall back to what the source carried (ICC, comment, dpi): only `metadata` goes out
+    options = _options(output, quality, density, metadata)
+    if output is OutputFormat.GIF:
+        image = _palette(image)
+    buffer = io.BytesIO()
+    image.save(buffer, _PILLOW_FORMATS[output], **options)
+    return buffer.getvalue()
+
+
+def encode_animation(frames: Sequence[Image.Image], durations: Sequence[int], loop: int | None,
+                     output: OutputFormat, quality: int, *, density: int | None = None,
+                     metadata: dict | None = None) -> bytes:
+    """Frames of one size (RGB, or RGBA for webp) shown for `durations` milliseconds each; `loop` is the loop count
+    (0 = forever; None = play once, a GIF without a loop extension)."""
+    if output not in ANIMATES:
+        raise ValueError(f"{output.value} is not an animated format")
+    options = _options(output, quality, density, metadata)
+    if output is OutputFormat.GIF:
+        frames = [_palette(frame) for frame in frames]  # each frame gets its own (local) palette
+        if loop is not None:
+            options["loop"] = loop
+    else:
+        options["loop"] = 1 if loop is None else loop
+        if any(frame.mode == "RGBA" for frame in frames):
+            # libwebp crops frames to what changes and leaves the file's alpha flag unset when the only transparent
+            # pixels are ones no frame covers (a sticker's background): readers then show them opaque black.
+            # Whole frames (every one a key frame) keep the flag.
+            options["kmax"] = 1
+    for frame in frames:
+        frame.info = {}
+    buffer = io.BytesIO()
+    frames[0].save(buffer, _PILLOW_FORMATS[output], save_all=True, append_images=list(frames[1:]),
+                   duration=list(durations), **options)
+    return buffer.getvalue()
+
+
+def _options(output: OutputFormat, quality: int, density: int | None, metadata: dict | None) -> dict:
     options: dict = {}
     if metadata:
         options.update({key: value for key, value in metadata.items() if key in _METADATA_SUPPORT[output]})
@@ -44,8 +83,8 @@ def encode(image: Image.Image, output: OutputFormat, quality: int, *, density: i
         options.update(quality=quality, speed=8)
     elif output is OutputFormat.PNG:
         options.update(compress_level=6)
-    elif output is OutputFormat.GIF:
-        image = image.quantize(256, method=Image.Quantize.FASTOCTREE)  # 70x faster than median cut
-    buffer = io.BytesIO()
-    image.save(buffer, _PILLOW_FORMATS[output], **options)
-    return buffer.getvalue()
+    return options
+
+
+def _palette(image: Image.Image) -> Image.Image:
+    return image.quantize(256, method=Image.Quantize.FASTOCTREE)  # 70x faster than median cut

@@ -31,6 +31,7 @@ class MediaInfo:
     duration: float = 0.0  # seconds; 0 for stills
     frames: int = 1  # frames of an image (animated GIF/WebP > 1)
     orientation: int = 1  # JPEG EXIF orientation (read with the header; other formats orient while decoding)
+    alpha: bool = False  # an image with an alpha channel or a transparent colour
 
 
 OTHER = MediaInfo(MediaKind.OTHER, "application/octet-stream", "")
@@ -69,9 +70,14 @@ def _probe_image(source: BinaryIO) -> MediaInfo | None:
                 return None
             orientation = _jpeg_orientation(image) if image.format in ("JPEG", "MPO") else 1
             return MediaInfo(MediaKind.IMAGE, known[0], known[1], image.format, image.width, image.height,
-                             frames=getattr(image, "n_frames", 1), orientation=orientation)
+                             frames=getattr(image, "n_frames", 1), orientation=orientation, alpha=has_alpha(image))
     except Exception:  # noqa: BLE001 - Pillow raises many types for "not an image I read"
         return None
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """From the header: whether the picture may have transparent pixels."""
+    return "A" in image.getbands() or image.mode in ("PA", "La", "RGBa") or "transparency" in image.info
 
 
 def _jpeg_orientation(image: Image.Image) -> int:

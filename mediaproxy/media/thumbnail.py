@@ -1,7 +1,8 @@
 """A thumbnail, step by step: decode (shrink-on-load) → orient → plan (pre-crop, mode) → resize → paint → encode.
 
 `render_image` takes the original's bytes; `render_pictures` takes already decoded pictures (video frames, one or
-a strip), so both enter the same pipeline. Pure functions: no HTTP, no caches; run them on the work pool.
+a strip), so both enter the same pipeline; an animated source kept animated sends every frame through it. Pure
+functions: no HTTP, no caches; run them on the work pool.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from PIL import Image
 
 from ..errors import BadRequest
 from ..urls import ThumbnailRequest
-from . import paint
-from .decode import Decoded, decode, decode_at
-from .encode import CONTENT_TYPES, KEEPS_ALPHA, encode
+from . import animation, paint
+from .decode import MAX_KEPT_ICC_BYTES, Decoded, decode, decode_at, metadata_of, open_image, reduced
+from .encode import ANIMATES, CONTENT_TYPES, KEEPS_ALPHA, encode, encode_animation
 from .geometry import Plan, plan_thumbnail
 from .video import grab_frames
 
@@ -31,6 +32,7 @@ class Rendered:
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds by step, for Server-Timing
+    frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RenderSettings:
     quality: int  # the request's, else the partner's, else 75
     max_source_pixels: int = 100_000_000
     max_output_pixels: int = 100_000_000
+    animation_pixels: int = 0  # > 0: animated sources stay animated in gif/webp within this budget (see animation)
 
 
 def plan_for(request: ThumbnailRequest, source_size: tuple[int, int], settings: RenderSettings) -> Plan:
@@ -46,6 +49,10 @@ def plan_for(request: ThumbnailRequest, source_size: tuple[int, int], settings: 
 
 
 def render_image(request: ThumbnailRequest, data: bytes, settings: RenderSettings) -> Rendered:
+    if settings.animation_pixels and request.format in ANIMATES:
+        animated = _render_animation(request, data, settings)
+        if animated is not None:
+            return animated
     clock = _Clock()
     decoded, plan = decode(data, lambda size: plan_for(request, size, settings), settings.max_source_pixels)
     clock.lap("decode")
@@ -62,6 +69,32 @@ def decode_and_render(request: ThumbnailRequest, data: bytes, scale: int,
     return decoded, render_decoded(request, decoded, settings, clock)
 
 
+def derive_and_render(request: ThumbnailRequest, finer: Decoded, factor: int,
+                      settings: RenderSettings) -> tuple[Decoded, Rendered]:
+    """A kept picture with `factor` times the detail this size needs, reduced to the scale it needs (see
+    decode.reduced), and the thumbnail from that: not byte for byte a fresh decode's, within the bound SPEC §2
+    states. The caller may keep the reduced picture too."""
+    return _derive_and_render(request, finer, factor, settings, _Clock())
+
+
+def decode_finer_and_render(request: ThumbnailRequest, data: bytes, scale: int, needed: int,
+                            settings: RenderSettings) -> tuple[Decoded, Decoded, Rendered]:
+    """The original decoded at 1/scale, finer than this size needs (1/needed), to be kept for other sizes; the
+    picture reduced to 1/needed; and the thumbnail from that, as derive_and_render gives it."""
+    clock = _Clock()
+    decoded = decode_at(data, scale, settings.max_source_pixels)
+    clock.lap("decode")
+    derived, rendered = _derive_and_render(request, decoded, needed // scale, settings, clock)
+    return decoded, derived, rendered
+
+
+def _derive_and_render(request: ThumbnailRequest, finer: Decoded, factor: int, settings: RenderSettings,
+                       clock: _Clock) -> tuple[Decoded, Rendered]:
+    derived = reduced(finer, factor)
+    clock.lap("derive")
+    return derived, render_decoded(request, derived, settings, clock)
+
+
 def render_decoded(request: ThumbnailRequest, decoded: Decoded, settings: RenderSettings,
                    clock: _Clock | None = None) -> Rendered:
     """A thumbnail from a picture decoded before (it is only read, so threads may share it)."""
@@ -76,6 +109,34 @@ def _render_decoded(request: ThumbnailRequest, decoded: Decoded, plan: Plan, set
         picture = picture.copy()  # encoding sets attributes on the image: never on one shared between threads
     clock.lap("resize")
     return _encode(request, picture, settings, decoded.info, clock)
+
+
+def _render_animation(request: ThumbnailRequest, data: bytes, settings: RenderSettings) -> Rendered | None:
+    """Every frame resized along one plan, painted and encoded with its timing and the loop count; None (render a
+    still) when the source has one frame or animating it would cost more than the budget."""
+    clock = _Clock()
+    image = open_image(data, settings.max_source_pixels)
+    source_size = animation.upright_size(image)
+    plan = plan_for(request, source_size, settings)
+    if not animation.within_budget(animation.frame_count(image), source_size, plan.output_size,
+                                   settings.animation_pixels):
+        return None
+    loop = animation.loop_count(image)
+    frames = animation.frames(image)  # before the metadata, which drops the orientation it reads
+    metadata = metadata_of(image)
+    if len(metadata.get("icc_profile", b"")) > MAX_KEPT_ICC_BYTES:
+        del metadata["icc_profile"]  # applied to the frames instead
+    pictures, durations = [], []
+    for frame in frames:
+        picture = paint.resize(paint.normalise_mode(frame.image), plan, (1.0, 1.0))
+        pictures.append(_paint(request, picture, plan))
+        durations.append(frame.duration)
+    clock.lap("resize")
+    body = encode_animation(pictures, durations, loop, request.format, settings.quality, density=request.density,
+                            metadata=None if request.strip else metadata)
+    clock.lap("encode")
+    width, height = pictures[0].size
+    return Rendered(body, CONTENT_TYPES[request.format], width, height, clock.laps, frames=len(pictures))
 
 
 def render_video(request: ThumbnailRequest, source: BinaryIO, times: list[float], display_size: tuple[int, int],

@@ -1,28 +1,36 @@
 """thumbnail (SPEC §2): an image resized and cropped as asked, or a frame (or a strip of frames) of a video.
 
-Every kind of source ends in the same media pipeline; this module picks the source, builds the canonical cache
-key, and answers with Cache-Control, a strong ETag and Last-Modified (304 when the client's copy is current).
+Every kind of source ends in the same media pipeline; this module picks the source, decides the output format
+(`format/auto`: from the client's Accept), builds the canonical cache key, and answers with Cache-Control, a strong
+ETag and Last-Modified (304 when the client's copy is current).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
+import functools
 import hashlib
+import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 from cachetools import LRUCache
+from PIL import Image
 
 from ..cache.results import Result, ResultCache
 from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
 from ..cache.memory import MemoryCache
+from ..media.animation import ANIMATED_SOURCES, within_budget
 from ..media.decode import JPEG_FORMATS, reduction
-from ..media.probe import MediaInfo, MediaKind
-from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, plan_for, render_decoded, render_image,
-                               render_video)
+from ..media.encode import ANIMATES
+from ..media.probe import MediaInfo, MediaKind, has_alpha
+from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render,
+                               derive_and_render, plan_for, render_decoded, render_image, render_video)
 from ..media.video import frame_times
 from ..refs import FileSelector
 from ..responses import TIER, cache_control, not_modified, server_timing
@@ -33,6 +41,7 @@ from .sources import Source, Sources
 DEFAULT_QUALITY = 75
 BUNDLED_AUDIO_PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "audio.png"
 _LOSSY = frozenset({OutputFormat.JPG, OutputFormat.WEBP, OutputFormat.AVIF})
+_JPEG_SCALES = (1, 2, 4, 8)  # the reductions a JPEG decodes at (decode.reduction)
 
 
 class ThumbnailService:
@@ -44,15 +53,21 @@ class ThumbnailService:
         self.pool = pool
         self.config = config
         self.placeholder = (config.video.audio_placeholder or BUNDLED_AUDIO_PLACEHOLDER).read_bytes()
+        self.animation_pixels = config.thumbnail.animation_pixels if config.thumbnail.keep_animation else 0
+        self._limits = RenderSettings(DEFAULT_QUALITY, config.limits.max_source_pixels, config.limits.max_output_pixels)
         self._prepared: LRUCache = LRUCache(maxsize=20_000)
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         source = await self._source(request)
-        memo = (request, source.file.identity, source.file.manifest.thumb_offset)
+        negotiated = self._negotiates(request)
+        if negotiated:  # from here on the request names the format it is answered in
+            request = dataclasses.replace(request, format=self._negotiate(request, source,
+                                                                          http_request.headers.get("Accept", "")))
+        memo = (request, negotiated, source.file.identity, source.file.manifest.thumb_offset)
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
-            prepared = self._prepared[memo] = await self._prepare(request, source)
+            prepared = self._prepared[memo] = await self._prepare(request, source, negotiated)
         origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.file.mtime):
             return web.Response(status=304, headers=prepared.headers)
@@ -62,10 +77,38 @@ class ThumbnailService:
         return web.Response(body=result.body, content_type=result.content_type,
                             headers={**prepared.headers, "Server-Timing": server_timing(timings, tier)})
 
-    async def _prepare(self, request: ThumbnailRequest, source: Source) -> _Prepared:
+    def _negotiates(self, request: ThumbnailRequest) -> bool:
+        """format/auto, or no format at all where the partner (or [http]) has auto_format on."""
+        if request.format is OutputFormat.AUTO:
+            return True
+        return not request.format_given and self.config.auto_format(request.entry.partner_id)
+
+    def _negotiate(self, request: ThumbnailRequest, source: Source, accept: str) -> OutputFormat:
+        media = source.media
+        alpha = media.alpha if media.kind is MediaKind.IMAGE else (
+            self._placeholder_alpha if media.kind is MediaKind.AUDIO else False)
+        return negotiate(accept, alpha=alpha, animated=self._animated(request, media))
+
+    @functools.cached_property
+    def _placeholder_alpha(self) -> bool:
+        with Image.open(io.BytesIO(self.placeholder)) as picture:
+            return has_alpha(picture)
+
+    def _animated(self, request: ThumbnailRequest, media: MediaInfo) -> bool:
+        """Whether an animated output keeps this source's animation (the format aside): kept, and within budget."""
+        if not self.animation_pixels or media.container not in ANIMATED_SOURCES or media.frames < 2:
+            return False
+        size = (media.width, media.height)
+        return within_budget(media.frames, size, plan_for(request, size, self._limits).output_size,
+                             self.animation_pixels)
+
+    async def _prepare(self, request: ThumbnailRequest, source: Source, negotiated: bool) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
         quality = request.quality or partner.quality or DEFAULT_QUALITY
         key = f"{request.cache_key()}|q={quality if request.format in _LOSSY else '-'}|{source.file.identity}"
+        animates = request.format in ANIMATES and self._animated(request, source.media)
+        if animates:
+            key += f"|animated={self.animation_pixels}"
         max_age = self.config.max_age("thumbnail", request.entry.partner_id)
         times: list[float] = []
         if source.media.kind is MediaKind.VIDEO:
@@ -82,7 +125,10 @@ class ThumbnailService:
         etag = '"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
         headers = {"Cache-Control": cache_control(max_age), "ETag": etag,
                    "Last-Modified": email.utils.formatdate(source.file.mtime, usegmt=True)}
-        settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels)
+        if negotiated:
+            headers["Vary"] = "Accept"
+        settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels,
+                                  self.animation_pixels if animates else 0)
         return _Prepared(key, etag, headers, times, settings)
 
     async def _source(self, request: ThumbnailRequest) -> Source:
@@ -99,16 +145,41 @@ class ThumbnailService:
                                                                   version=request.version))
 
     async def _render_image(self, request: ThumbnailRequest, source: Source, settings: RenderSettings) -> Rendered:
-        """Other sizes of a hot original skip the decode: the decoded picture (at the JPEG scale this size needs)
-        is kept in memory, and rendering from it gives the same bytes as decoding again."""
-        key = ("decoded", source.file.identity, _jpeg_scale(request, source.media, settings))
-        decoded = self.decoded.get(key)
-        if decoded is not None:
-            return await self.pool.run(render_decoded, request, decoded, settings)
+        """Other sizes of a hot original skip the decode: decoded pictures are kept in memory by (identity, JPEG
+        scale). A picture kept at the scale this size needs gives the bytes a fresh decode gives; one kept at a
+        finer scale is reduced to it (and that kept too), within the bound of SPEC §2. An original asked again in
+        more detail than kept is decoded at full scale (or the finest that may be kept), so that every later size
+        of it derives from that one decode, whatever order the sizes come in."""
+        if settings.animation_pixels:  # every frame, from the original
+            return await self.pool.run(render_image, request, await self.sources.read_bytes(source.file), settings)
+        identity = source.file.identity
+        needed = _jpeg_scale(request, source.media, settings)
+        for scale in reversed([scale for scale in _JPEG_SCALES if scale <= needed]):
+            kept = self.decoded.get(("decoded", identity, scale))
+            if kept is None:
+                continue
+            if scale == needed:
+                return await self.pool.run(render_decoded, request, kept, settings)
+            derived, rendered = await self.pool.run(derive_and_render, request, kept, needed // scale, settings)
+            self.decoded.put(("decoded", identity, needed), derived)
+            return rendered
+        asked_before = any(self.decoded.get(("decoded", identity, coarser)) is not None
+                           for coarser in _JPEG_SCALES if coarser > needed)
+        scale = self._finest_kept_scale(source.media, needed) if asked_before else needed
         data = await self.sources.read_bytes(source.file)
-        decoded, rendered = await self.pool.run(decode_and_render, request, data, key[2], settings)
-        self.decoded.put(key, decoded)
+        if scale == needed:
+            decoded, rendered = await self.pool.run(decode_and_render, request, data, scale, settings)
+        else:
+            decoded, derived, rendered = await self.pool.run(decode_finer_and_render, request, data, scale, needed,
+                                                             settings)
+            self.decoded.put(("decoded", identity, needed), derived)
+        self.decoded.put(("decoded", identity, scale), decoded)
         return rendered
+
+    def _finest_kept_scale(self, media: MediaInfo, needed: int) -> int:
+        """The finest JPEG scale, down to `needed`, whose decoded picture (RGB) is small enough to be kept."""
+        return next((scale for scale in _JPEG_SCALES if scale < needed and math.ceil(media.width / scale)
+                     * math.ceil(media.height / scale) * 3 <= self.decoded.item_limit), needed)
 
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
         media, times, settings = source.media, prepared.times, prepared.settings
@@ -133,6 +204,42 @@ class _Prepared:
     headers: dict[str, str]
     times: list[float]  # video: the frames to grab
     settings: RenderSettings
+
+
+@functools.lru_cache(maxsize=1024)  # a few Accept strings make most of the traffic
+def accepted_formats(accept: str) -> frozenset[OutputFormat]:
+    """Which of AVIF and WebP an Accept header names with a quality above 0. `image/*` and `*/*` do not count:
+    browsers that decode neither send them too."""
+    named = set()
+    for item in accept.split(","):
+        media_type, *parameters = (part.strip() for part in item.split(";"))
+        output = _NEGOTIABLE.get(media_type.lower())
+        if output is None:
+            continue
+        quality = next((value for name, _, value in (parameter.partition("=") for parameter in parameters)
+                        if name.strip().lower() == "q"), "1")
+        try:
+            if float(quality) > 0:
+                named.add(output)
+        except ValueError:
+            pass  # a malformed q: as if the type were not named
+    return frozenset(named)
+
+
+_NEGOTIABLE = {"image/avif": OutputFormat.AVIF, "image/webp": OutputFormat.WEBP}
+
+
+def negotiate(accept: str, *, alpha: bool, animated: bool) -> OutputFormat:
+    """SPEC §2 format/auto: AVIF if the client takes it, then WebP, else JPEG (PNG for a picture with alpha). A
+    source kept animated: WebP if taken, else GIF (every client shows a GIF's animation)."""
+    accepted = accepted_formats(accept)
+    if animated:
+        return OutputFormat.WEBP if OutputFormat.WEBP in accepted else OutputFormat.GIF
+    if OutputFormat.AVIF in accepted:
+        return OutputFormat.AVIF
+    if OutputFormat.WEBP in accepted:
+        return OutputFormat.WEBP
+    return OutputFormat.PNG if alpha else OutputFormat.JPG
 
 
 def _refuse_oversized(media: MediaInfo, max_pixels: int) -> None:
