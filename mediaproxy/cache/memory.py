@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from cachetools import LRUCache
@@ -30,6 +30,18 @@ class MemoryCache(Generic[V]):
     def discard(self, key: Hashable) -> None:
         self._cache.pop(key, None)
 
+    def discard_where(self, doomed: Callable[[Hashable], bool]) -> int:
+        """Drop every value whose key `doomed(key)` says so (a purge: rare, so a scan); returns how many."""
+        return discard_where(self._cache, doomed)
+
     @property
     def current_bytes(self) -> int:
         return int(self._cache.currsize)
+
+
+def discard_where(cache, doomed: Callable[[Hashable], bool]) -> int:
+    """The same for any mapping of cached values (cachetools caches, dicts)."""
+    keys = [key for key in list(cache.keys()) if doomed(key)]
+    for key in keys:
+        cache.pop(key, None)
+    return len(keys)

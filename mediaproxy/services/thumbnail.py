@@ -18,13 +18,13 @@ from cachetools import LRUCache
 from ..cache.results import Result, ResultCache
 from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
-from ..cache.memory import MemoryCache
+from ..cache.memory import MemoryCache, discard_where
 from ..media.decode import JPEG_FORMATS, reduction
 from ..media.probe import MediaInfo, MediaKind
 from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, plan_for, render_decoded, render_image,
                                render_video)
 from ..media.video import frame_times
-from ..refs import FileSelector
+from ..refs import FileSelector, Purged
 from ..responses import TIER, cache_control, not_modified, server_timing
 from ..urls import OutputFormat, ThumbnailRequest
 from ..workpool import WorkPool
@@ -39,7 +39,7 @@ class ThumbnailService:
     def __init__(self, sources: Sources, results: ResultCache, pool: WorkPool, config: Config,
                  decoded: MemoryCache) -> None:
         self.sources = sources
-        self.decoded = decoded  # decoded pictures of hot originals, by (identity, JPEG scale)
+        self.decoded = decoded  # decoded pictures of hot originals, by (owner, JPEG scale)
         self.results = results
         self.pool = pool
         self.config = config
@@ -56,11 +56,17 @@ class ThumbnailService:
         origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.file.mtime):
             return web.Response(status=304, headers=prepared.headers)
-        result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared))
+        result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared),
+                                              owner=source.file.owner)
         http_request[TIER] = tier
         timings = {"origin": origin_ms, **(result.meta.get("timings", {}) if tier == "render" else {})}
         return web.Response(body=result.body, content_type=result.content_type,
                             headers={**prepared.headers, "Server-Timing": server_timing(timings, tier)})
+
+    def forget_purged(self, purged: Purged) -> None:
+        """Drop what this worker prepared for purged entries, and their decoded pictures."""
+        discard_where(self._prepared, lambda memo: purged.holds(memo[0].entry))
+        self.decoded.discard_where(lambda key: purged.owns(key[1]))
 
     async def _prepare(self, request: ThumbnailRequest, source: Source) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
@@ -101,7 +107,7 @@ class ThumbnailService:
     async def _render_image(self, request: ThumbnailRequest, source: Source, settings: RenderSettings) -> Rendered:
         """Other sizes of a hot original skip the decode: the decoded picture (at the JPEG scale this size needs)
         is kept in memory, and rendering from it gives the same bytes as decoding again."""
-        key = ("decoded", source.file.identity, _jpeg_scale(request, source.media, settings))
+        key = ("decoded", source.file.owner, _jpeg_scale(request, source.media, settings))
         decoded = self.decoded.get(key)
         if decoded is not None:
             return await self.pool.run(render_decoded, request, decoded, settings)

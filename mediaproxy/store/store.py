@@ -11,18 +11,18 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import BinaryIO
 
 from cachetools import LRUCache, TTLCache
 
 from .. import metrics
 from ..cache.disk import DiskCache
-from ..cache.memory import MemoryCache
+from ..cache.memory import MemoryCache, discard_where
 from ..cache.singleflight import SingleFlight
 from ..errors import EntryNotFound, FlavorNotFound, NotFound, UpstreamFailed, UpstreamTimeout
 from ..origins.base import EntryFile, Origin, OriginalChanged, RangesIgnored, file_from_record, file_record
-from ..refs import EntryRef, FileSelector
+from ..refs import EntryRef, FileSelector, Purged
 from .reader import BlockReader
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._closed = False
+        self.withheld: Mapping[EntryRef, str] = {}  # entries a notification deleted or blocked → why (purge.py)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -65,6 +66,9 @@ class Store:
 
     async def get(self, ref: EntryRef, selector: FileSelector = FileSelector()) -> EntryFile:
         """The selected file of an entry; asks the origin at most once per revalidation period."""
+        withheld = self.withheld.get(ref)
+        if withheld is not None:  # whatever the origin still holds (storage often lags behind a delete)
+            raise EntryNotFound(f"no entry {ref.entry_id} for partner {ref.partner_id} ({withheld})")
         if selector.version is not None:
             # a version is mostly a cache-buster: only one the manifest lists selects another file
             current = await self.get(ref, dataclasses.replace(selector, version=None))
@@ -137,11 +141,15 @@ class Store:
 
     async def forget(self, ref: EntryRef) -> None:
         """Drop what is known of an entry's files, here and in the node's index (they changed, or went)."""
-        for memo in (self._located, self._missing, self._last_known):
-            for key in [key for key in list(memo.keys()) if key[0] == ref]:
-                memo.pop(key, None)
+        self.forget_purged(Purged(frozenset({ref})))
         if self.origin.remote:
-            await self.disk.forget_located(f"{ref.partner_id}/{ref.entry_id}/")
+            await self.disk.forget_located(ref.prefix)
+
+    def forget_purged(self, purged: Purged) -> None:
+        """Drop this process's memories of purged entries: which files they mean, and their hot bytes."""
+        for memo in (self._located, self._missing, self._last_known):
+            discard_where(memo, lambda key: purged.holds(key[0]))
+        self.memory.discard_where(lambda key: key[0] == "original" and purged.owns(key[1]))
 
     # ----------------------------------------------------------------------------------------------- its bytes
 
@@ -158,13 +166,13 @@ class Store:
 
     async def read_bytes(self, file: EntryFile) -> bytes:
         """The whole file (an image to decode), from memory when it is small and hot."""
-        body = self.memory.get(("original", file.identity))
+        body = self.memory.get(("original", file.owner))
         if body is None:
             if file.path is not None:
                 body = await asyncio.to_thread(_read_all, self.open, file)
             else:
                 body = b"".join([chunk async for chunk in self.stream(file, 0, file.size - 1)])
-            self.memory.put(("original", file.identity), body)
+            self.memory.put(("original", file.owner), body)
         return body
 
     async def stream(self, file: EntryFile, start: int, end: int) -> AsyncIterator[bytes]:
