@@ -313,8 +313,8 @@ class NotificationEndpoints:
             done = await self.purges.purge(EntryRef(notification.partner_id, notification.entry_id),
                                            withhold=notification.withhold, once=once, notice=notification.type,
                                            source="notification")
-            outcome = ("duplicate" if done is None else "withheld" if done.withheld else
-                       "released" if done.withheld_before else "purged")
+            outcome = ("duplicate" if done is None else "withheld" if notification.type in _WITHHOLDING else
+                       "released" if done.withheld_before and not done.withheld else "purged")
         metrics.NOTIFICATIONS.labels(notification.metric_type, outcome).inc()
         answer["outcome"] = outcome
         if done is not None:
