@@ -11,7 +11,9 @@ pictures, results). The next request for such an entry asks the origin again: a 
 http origin asked again.
 
 The file is only a hint that something moved: a worker always asks the index for the rows after the last one it
-applied, so a torn or out-of-order write of the file costs at most one extra query, never a missed purge.
+applied, so a torn or out-of-order write of the file costs at most one extra query, never a missed purge. Whether
+a worker missed rows (trimmed after `remember_seconds` idle, or an index that was recreated) is told by the index,
+never by the file; then it forgets everything.
 """
 
 from __future__ import annotations
@@ -140,9 +142,10 @@ class Purges:
             seen = self._read()
             if seen == self._seen:
                 return  # another request of this process applied them while this one waited
-            restarted = seen < self._applied  # the index was recreated: its generations start again
-            rows = await self.disk.purges_since(0 if restarted else self._applied)
-            missed = restarted or bool(rows) and rows[0].generation != self._applied + 1  # trimmed past us
+            last, rows = await self.disk.purges_since(self._applied)
+            # every purge after the last one applied, or some were trimmed (this process was idle for
+            # remember_seconds) or the index was recreated (its generations started again)
+            missed = len(rows) != last - self._applied
             if missed:
                 purged = Purged(everything=True)
                 await self._load_withheld()
@@ -154,13 +157,10 @@ class Purges:
                         self.withheld[ref] = row.withheld
                     else:
                         self.withheld.pop(ref, None)
-            if rows or missed:
+            if missed or rows:
                 for cache in self._forgetful:
                     cache.forget_purged(purged)
-            if rows:
-                self._applied = rows[-1].generation
-            elif restarted:
-                self._applied = 0
+            self._applied = last
             self._seen = seen
 
     def _read(self) -> int:

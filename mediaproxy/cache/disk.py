@@ -365,7 +365,7 @@ class DiskCache:
         return await self._run(self.index.purge, request, lambda name: _unlink(self._path(name)),
                                remember_seconds=remember_seconds)
 
-    async def purges_since(self, generation: int) -> list[PurgeRow]:
+    async def purges_since(self, generation: int) -> tuple[int, list[PurgeRow]]:
         return await self._run(self.index.purges_since, generation)
 
     async def last_purge(self) -> int:

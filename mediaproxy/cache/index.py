@@ -250,10 +250,13 @@ class SharedIndex:
             db.execute("DELETE FROM once WHERE at < ?", (now - remember_seconds,))
         return PurgeRecord(generation, removed, located, before, after)
 
-    def purges_since(self, generation: int) -> list[PurgeRow]:
-        return [PurgeRow(*row) for row in self.db.execute(
-            "SELECT generation, partner_id, entry_id, withheld FROM purges WHERE generation > ? ORDER BY generation",
-            (generation,))]
+    def purges_since(self, generation: int) -> tuple[int, list[PurgeRow]]:
+        """(the last generation ever made, the purges after `generation` still kept), in one read transaction."""
+        with _read(self.db) as db:
+            rows = [PurgeRow(*row) for row in db.execute(
+                "SELECT generation, partner_id, entry_id, withheld FROM purges WHERE generation > ? "
+                "ORDER BY generation", (generation,))]
+            return self.last_purge(), rows
 
     def last_purge(self) -> int:
         """The generation of the last purge ever made (its row may have been trimmed)."""
@@ -284,6 +287,20 @@ def _open(path: Path) -> sqlite3.Connection:
     db.executescript(_SCHEMA)
     db.execute("SELECT count(*) FROM entries").fetchone()  # a damaged file fails here, not on first use
     return db
+
+
+class _read:
+    """BEGIN … COMMIT: one snapshot for several reads."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
 class _write:
