@@ -29,6 +29,7 @@ from .origins.http import HttpOrigin
 from .notifications import NotificationEndpoints
 from .origins.local import LocalOrigin
 from .purge import Purges
+from .refs import entry_prefix
 from .responses import CORS_HEADERS, ENTRY, PREFLIGHT_HEADERS, PRIVATE, SERVICE, STARTED, TIER, error_response
 from .cache.results import ResultCache
 from .services.flvclipper import ClipService
@@ -59,9 +60,9 @@ class Runtime:
         self.disk = DiskCache(cache.dir, {"originals": cache.originals_bytes, "results": cache.results_bytes,
                                           "indexes": cache.index_bytes})
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
-                                               size_of=_memory_size)
+                                               size_of=_memory_size, entry_of=_entry_of_owner_key)
         self.decoded: MemoryCache = MemoryCache(config.cache.decoded_bytes, config.cache.memory_item_bytes,
-                                                size_of=_picture_size)
+                                                size_of=_picture_size, entry_of=_entry_of_owner_key)
         processing = config.processing
         self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds,
                              name="images")
@@ -81,7 +82,8 @@ class Runtime:
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
             "flvclipper": ClipService(self.sources, self.disk, self.clip_pool, config),
         }
-        self.purges.register(self.store, self.sources, self.results, self.services["thumbnail"])
+        self.purges.register(self.store, self.sources, self.results, self.services["thumbnail"], self.memory,
+                             self.decoded)
         self.notifications = NotificationEndpoints(config, self.purges, self.access)
 
     async def start(self) -> None:
@@ -108,6 +110,11 @@ class Runtime:
 
 def _memory_size(value) -> int:
     return len(value) if isinstance(value, (bytes, bytearray)) else value.size
+
+
+def _entry_of_owner_key(key: tuple) -> str:
+    """("original" | "result" | "decoded", owner, ...) → the owner's entry."""
+    return entry_prefix(key[1])
 
 
 def _picture_size(decoded) -> int:

@@ -29,20 +29,25 @@ class FileSelector:
     extension: str | None = None  # raw's type/download/format/{ext}: the flavor (or original) with that extension
 
 
+def entry_prefix(owner: str) -> str:
+    """The entry part of an owner ("{partner}/{entry}/{file}|{identity}" → "{partner}/{entry}/")."""
+    return owner[:owner.index("/", owner.index("/") + 1) + 1]
+
+
 @dataclass(frozen=True)
 class Purged:
     """Entries whose cached things a process must drop (SPEC §8): what each memory cache is told after a purge."""
 
     refs: frozenset[EntryRef] = frozenset()
     everything: bool = False  # this process missed purges (the log was trimmed past it): drop all
-    _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    prefixes: frozenset[str] = field(init=False, repr=False, compare=False)  # their EntryRef.prefix
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_prefixes", tuple(ref.prefix for ref in self.refs))
+        object.__setattr__(self, "prefixes", frozenset(ref.prefix for ref in self.refs))
 
     def holds(self, ref: EntryRef) -> bool:
         return self.everything or ref in self.refs
 
     def owns(self, owner: str) -> bool:
         """Whether a key filed under an owner ("{partner}/{entry}/{file}|{identity}") belongs to these entries."""
-        return self.everything or owner.startswith(self._prefixes)
+        return self.everything or entry_prefix(owner) in self.prefixes

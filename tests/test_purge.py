@@ -179,3 +179,28 @@ def test_purged_says_which_keys_belong_to_its_entries():
     assert purged.owns("100/0_ab/original.jpg|x") and not purged.owns("100/0_abc/original.jpg|x")
     assert not purged.owns("10/0_ab/original.jpg|x")
     assert Purged(everything=True).owns("anything") and Purged(everything=True).holds(OTHER)
+
+
+def test_entry_keys_drop_an_entrys_keys_without_scanning_and_stay_bounded():
+    from cachetools import LRUCache, TTLCache
+
+    from mediaproxy.cache.memory import EntryKeys
+
+    memo: TTLCache = TTLCache(maxsize=100_000, ttl=3600)
+    keys = EntryKeys(memo, lambda key: key[0].prefix)
+    for index in range(100_000):
+        memo[(EntryRef(100, f"0_e{index}"), None)] = index
+        keys.added((EntryRef(100, f"0_e{index}"), None))
+    started = time.perf_counter()
+    assert keys.forget(Purged(frozenset({EntryRef(100, "0_e5"), EntryRef(100, "0_e99999"), OTHER}))) == 2
+    assert time.perf_counter() - started < 0.005  # a scan of this memo takes ~100 ms
+    assert len(memo) == 99_998 and (EntryRef(100, "0_e6"), None) in memo
+
+    small: LRUCache = LRUCache(maxsize=10)  # evicting on its own: the index is rebuilt, never grows past ~2x
+    index_of_small = EntryKeys(small, lambda key: key)
+    for index in range(10_000):
+        small[f"100/0_{index}/"] = index
+        index_of_small.added(f"100/0_{index}/")
+    assert index_of_small._count <= 2 * len(small) + 1024 + 1
+    assert index_of_small.forget(Purged(frozenset({EntryRef(100, "0_9999")}))) == 1
+    assert index_of_small.forget(Purged(everything=True)) == 9 and len(small) == 0

@@ -79,8 +79,7 @@ class ResultCache:
             self._writer = None
 
     def forget_purged(self, purged: Purged) -> None:
-        """Drop the results of purged entries from memory, and those not yet written to disk."""
-        self.memory.discard_where(lambda key: key[0] == "result" and purged.owns(key[1]))
+        """Drop the results of purged entries not yet written to disk (those in memory go with the memory cache)."""
         self._unwritten = [(owner, item) for owner, item in self._unwritten if not purged.owns(owner)]
 
     async def flush(self) -> None:

@@ -8,11 +8,11 @@ from typing import BinaryIO, TypeVar
 
 from cachetools import LRUCache
 
-from ..cache.memory import discard_where
+from ..cache.memory import EntryKeys
 from ..media.probe import MediaInfo, probe
 from ..media.video import VideoInfo, probe_video
 from ..origins.base import EntryFile
-from ..refs import EntryRef, FileSelector, Purged
+from ..refs import EntryRef, FileSelector, Purged, entry_prefix
 from ..store import Store
 from ..workpool import WorkPool
 
@@ -32,6 +32,8 @@ class Sources:
         self.max_pixels = max_pixels  # FFmpeg's stream analysis and first-frame decode stay under it
         self._probed: LRUCache[str, MediaInfo] = LRUCache(maxsize=50_000)  # by the file's owner (with its identity)
         self._videos: LRUCache[str, VideoInfo] = LRUCache(maxsize=50_000)
+        self._probed_keys, self._video_keys = EntryKeys(self._probed, entry_prefix), EntryKeys(self._videos,
+                                                                                                entry_prefix)
 
     async def get(self, ref: EntryRef, selector: FileSelector = FileSelector()) -> Source:
         file = await self.store.get(ref, selector)
@@ -39,6 +41,7 @@ class Sources:
         if media is None:
             media = await self.read(file, lambda source: probe(source, file.file_name, self.max_pixels))
             self._probed[file.owner] = media
+            self._probed_keys.added(file.owner)
         return Source(file, media)
 
     async def video_info(self, source: Source) -> VideoInfo:
@@ -47,12 +50,13 @@ class Sources:
         if info is None:
             info = await self.read(source.file, lambda opened: probe_video(opened, self.max_pixels))
             self._videos[source.file.owner] = info
+            self._video_keys.added(source.file.owner)
         return info
 
     def forget_purged(self, purged: Purged) -> None:
         """Drop the probes of purged entries' files."""
-        for memo in (self._probed, self._videos):
-            discard_where(memo, purged.owns)
+        self._probed_keys.forget(purged)
+        self._video_keys.forget(purged)
 
     async def read(self, file: EntryFile, work: Callable[[BinaryIO], T]) -> T:
         """`work(the opened file)` on the work pool (a remote file's blocks are fetched as `work` reads them)."""

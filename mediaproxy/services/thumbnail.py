@@ -18,7 +18,7 @@ from cachetools import LRUCache
 from ..cache.results import Result, ResultCache
 from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
-from ..cache.memory import MemoryCache, discard_where
+from ..cache.memory import EntryKeys, MemoryCache
 from ..media.decode import JPEG_FORMATS, reduction
 from ..media.probe import MediaInfo, MediaKind
 from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, plan_for, render_decoded, render_image,
@@ -45,6 +45,7 @@ class ThumbnailService:
         self.config = config
         self.placeholder = (config.video.audio_placeholder or BUNDLED_AUDIO_PLACEHOLDER).read_bytes()
         self._prepared: LRUCache = LRUCache(maxsize=20_000)
+        self._prepared_keys = EntryKeys(self._prepared, lambda memo: memo[0].entry.prefix)
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -53,6 +54,7 @@ class ThumbnailService:
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
             prepared = self._prepared[memo] = await self._prepare(request, source)
+            self._prepared_keys.added(memo)
         origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.file.mtime):
             return web.Response(status=304, headers=prepared.headers)
@@ -64,9 +66,8 @@ class ThumbnailService:
                             headers={**prepared.headers, "Server-Timing": server_timing(timings, tier)})
 
     def forget_purged(self, purged: Purged) -> None:
-        """Drop what this worker prepared for purged entries, and their decoded pictures."""
-        discard_where(self._prepared, lambda memo: purged.holds(memo[0].entry))
-        self.decoded.discard_where(lambda key: purged.owns(key[1]))
+        """Drop what this worker prepared for purged entries (their decoded pictures are the runtime's memory)."""
+        self._prepared_keys.forget(purged)
 
     async def _prepare(self, request: ThumbnailRequest, source: Source) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)

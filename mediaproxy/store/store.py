@@ -18,7 +18,7 @@ from cachetools import LRUCache, TTLCache
 
 from .. import metrics
 from ..cache.disk import DiskCache
-from ..cache.memory import MemoryCache, discard_where
+from ..cache.memory import EntryKeys, MemoryCache
 from ..cache.singleflight import SingleFlight
 from ..errors import EntryNotFound, FlavorNotFound, NotFound, UpstreamFailed, UpstreamTimeout
 from ..origins.base import EntryFile, Origin, OriginalChanged, RangesIgnored, file_from_record, file_record
@@ -46,6 +46,9 @@ class Store:
         self._missing: TTLCache[tuple[EntryRef, FileSelector], NotFound] = TTLCache(
             maxsize=100_000, ttl=self.not_found_seconds)
         self._last_known: LRUCache[tuple[EntryRef, FileSelector], EntryFile] = LRUCache(maxsize=100_000)
+        self._located_keys = EntryKeys(self._located, _entry_of_key)  # for purges (purge.py)
+        self._missing_keys = EntryKeys(self._missing, _entry_of_key)
+        self._last_known_keys = EntryKeys(self._last_known, _entry_of_key)
         self._locating: SingleFlight[EntryFile] = SingleFlight(orphan_grace=1.0)
         self._blocks: SingleFlight[bytes] = SingleFlight(orphan_grace=1.0)
         self._wholes: SingleFlight[None] = SingleFlight(orphan_grace=1.0)
@@ -85,6 +88,7 @@ class Store:
             file = await self._locating.run(key, lambda: self._locate(ref, selector))
         except (EntryNotFound, FlavorNotFound) as exc:
             self._missing[key] = exc
+            self._missing_keys.added(key)
             self._last_known.pop(key, None)
             raise
         except UpstreamFailed as exc:  # 502 / 504: serve what we had, if we had it (stale-if-error)
@@ -99,6 +103,8 @@ class Store:
             asyncio.get_running_loop().create_task(self.disk.drop_owned(previous.owner))  # its blocks are useless
         self._located[key] = file
         self._last_known[key] = file
+        self._located_keys.added(key)
+        self._last_known_keys.added(key)
         return file
 
     async def _locate(self, ref: EntryRef, selector: FileSelector) -> EntryFile:
@@ -146,10 +152,9 @@ class Store:
             await self.disk.forget_located(ref.prefix)
 
     def forget_purged(self, purged: Purged) -> None:
-        """Drop this process's memories of purged entries: which files they mean, and their hot bytes."""
-        for memo in (self._located, self._missing, self._last_known):
-            discard_where(memo, lambda key: purged.holds(key[0]))
-        self.memory.discard_where(lambda key: key[0] == "original" and purged.owns(key[1]))
+        """Drop this process's memories of which files purged entries mean (and that they have none)."""
+        for keys in (self._located_keys, self._missing_keys, self._last_known_keys):
+            keys.forget(purged)
 
     # ----------------------------------------------------------------------------------------------- its bytes
 
@@ -279,6 +284,10 @@ class Store:
 
     def _last_block(self, file: EntryFile) -> int:
         return max(0, (file.size - 1) // self.block_bytes)
+
+
+def _entry_of_key(key: tuple[EntryRef, FileSelector]) -> str:
+    return key[0].prefix
 
 
 def _shared_key(ref: EntryRef, selector: FileSelector) -> str:
