@@ -577,3 +577,11 @@ async def test_the_console_shows_the_last_notification_and_purges_with_its_secre
     assert (await client.get(THUMB)).status == 200
     assert (await client.post("/console/api/purge", json={"partner_id": 555, "entry_id": "0_swap"})).status == 403
     assert (await client.post("/console/api/purge", json=[1])).status == 400
+
+
+@pytest.mark.parametrize("path", ["notifications", "/p/100/notify", "/admin/purge", "/with space", "/healthz"])
+def test_the_notification_path_must_be_a_path_of_its_own(tmp_path, origin, path):
+    from mediaproxy.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[notifications\] path"):
+        make_config(tmp_path, ORIGIN.format(root=origin), f'[notifications]\npath = "{path}"\n')
