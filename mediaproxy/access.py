@@ -127,7 +127,8 @@ def ks_shape(ks: str) -> KsShape:
 
 
 def _decode(ks: str) -> bytes:
-    text = ks.strip().replace(" ", "+").replace("-", "+").replace("_", "/")  # a '+' a query string made a space
+    # a '+' that a query string made a space (at either end too: stripping first would lose it)
+    text = ks.strip("\t\r\n").replace(" ", "+").replace("-", "+").replace("_", "/")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
