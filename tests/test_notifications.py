@@ -585,3 +585,16 @@ def test_the_notification_path_must_be_a_path_of_its_own(tmp_path, origin, path)
 
     with pytest.raises(ConfigError, match=r"\[notifications\] path"):
         make_config(tmp_path, ORIGIN.format(root=origin), f'[notifications]\npath = "{path}"\n')
+
+
+async def test_log_lines_are_json_objects_with_log_format_json(start, caplog):
+    caplog.set_level(logging.INFO)
+    client = await start('[server]\nlog_format = "json"\n')
+    fields = single(SECRET_A, "entry_delete", id="15001")
+    await post(client, fields)
+    await post(client, body=b"partner_id=100&x", headers=FORM)
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "mediaproxy.notifications"]
+    assert lines[0] == {"notification": "15001", "type": "entry_delete", "partner": 100, "entry": "0_swap",
+                        "outcome": "withheld", "dropped": 0}
+    assert lines[1]["status"] == 400 and lines[1]["notification"] is None
+    assert fields["sig"] not in "\n".join(record.getMessage() for record in caplog.records)
