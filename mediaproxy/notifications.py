@@ -81,6 +81,20 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class Applied:
+    """What one notification did."""
+
+    notification: Notification
+    outcome: str  # purged, withheld, released, duplicate, ignored
+    dropped: int | None = None  # cache entries removed from the node
+
+    def as_json(self) -> dict:
+        answer = {"id": self.notification.notification_id, "type": self.notification.type,
+                  "entry_id": self.notification.entry_id, "outcome": self.outcome}
+        return answer if self.dropped is None else {**answer, "dropped": self.dropped}
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One POST whose signature checked out."""
 
@@ -300,28 +314,28 @@ class NotificationEndpoints:
         if len(delivery.notifications) == 1 and delivery.notifications[0].entry_id:
             only = delivery.notifications[0]
             request[ENTRY] = EntryRef(only.partner_id, only.entry_id)
-        answers = [await self._apply(notification) for notification in delivery.notifications]
-        return web.json_response({"form": delivery.form, "notifications": answers},
+        applied = [await self._apply(notification) for notification in delivery.notifications]
+        return web.json_response({"form": delivery.form, "notifications": [item.as_json() for item in applied]},
                                  headers={"Cache-Control": "no-store"})
 
-    async def _apply(self, notification: Notification) -> dict:
-        answer = {"id": notification.notification_id, "type": notification.type, "entry_id": notification.entry_id}
+    async def _apply(self, notification: Notification) -> Applied:
         if not notification.concerns_entry:
-            outcome, done = "ignored", None
+            applied = Applied(notification, "ignored")
         else:
             once = (f"notification|{notification.partner_id}|{notification.notification_id}"
                     if notification.notification_id else None)
             done = await self.purges.purge(EntryRef(notification.partner_id, notification.entry_id),
                                            withhold=notification.withhold, once=once, notice=notification.type,
                                            source="notification")
-            outcome = ("duplicate" if done is None else "withheld" if notification.type in _WITHHOLDING else
-                       "released" if done.withheld_before and not done.withheld else "purged")
-        metrics.NOTIFICATIONS.labels(notification.metric_type, outcome).inc()
-        answer["outcome"] = outcome
-        if done is not None:
-            answer["dropped"] = sum(done.dropped.values())
-        self._log(notification, answer)
-        return answer
+            if done is None:
+                applied = Applied(notification, "duplicate")
+            else:
+                outcome = ("withheld" if notification.type in _WITHHOLDING else
+                           "released" if done.withheld_before and not done.withheld else "purged")
+                applied = Applied(notification, outcome, sum(done.dropped.values()))
+        metrics.NOTIFICATIONS.labels(notification.metric_type, applied.outcome).inc()
+        self._log(applied)
+        return applied
 
     async def admin_purge(self, request: web.Request) -> web.Response:
         """An operator's purge: partner_id and entry_id (query or form body), an admin KS of that partner."""
@@ -342,17 +356,17 @@ class NotificationEndpoints:
         assert outcome is not None  # no `once`: a purge always happens
         return web.json_response(outcome.as_json(), headers={"Cache-Control": "no-store"})
 
-    def _log(self, notification: Notification, answer: dict) -> None:
+    def _log(self, applied: Applied) -> None:
         """One line per notification (never a signature or a secret), in the access log's format."""
+        notification = applied.notification
         if self._json_log:
             log.info(json.dumps({"notification": notification.notification_id, "type": notification.type,
                                  "partner": notification.partner_id, "entry": notification.entry_id,
-                                 "outcome": answer["outcome"], "dropped": answer.get("dropped")},
-                                separators=(",", ":")))
+                                 "outcome": applied.outcome, "dropped": applied.dropped}, separators=(",", ":")))
         else:
             log.info("notification %s %s partner %d entry %s: %s%s", notification.notification_id or "-",
-                     notification.type, notification.partner_id, notification.entry_id or "-", answer["outcome"],
-                     f" ({answer['dropped']} cached files dropped)" if "dropped" in answer else "")
+                     notification.type, notification.partner_id, notification.entry_id or "-", applied.outcome,
+                     "" if applied.dropped is None else f" ({applied.dropped} cached files dropped)")
 
     def _log_refusal(self, refusal: MediaProxyError) -> None:
         if self._json_log:

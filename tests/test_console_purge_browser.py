@@ -21,9 +21,9 @@ from .conftest import FIXTURE_MEDIA
 from .test_console_browser import WAIT_MS, Watch, browser  # noqa: F401 - browser is a fixture
 
 SECRET = "console-purge-secret-19ab"
-PIXEL_JS = """() => {
+PIXEL_JS = """() => {  // the centre pixel of the preview, once it is 0_swap's and loaded
   const image = document.querySelector('#preview-media');
-  if (!image || !image.complete || !image.naturalWidth) return null;
+  if (!image || !image.src.includes('/0_swap/') || !image.complete || !image.naturalWidth) return null;
   const canvas = document.createElement('canvas');
   canvas.width = image.naturalWidth;
   canvas.height = image.naturalHeight;
