@@ -1,8 +1,9 @@
 """Kaltura sessions (KS v1 and v2) and the per-partner policy that says which services need one (SPEC §5).
 
 A KS is read from the `ks` parameter or the `X-Kaltura-Ks` header, checked against every admin secret of the
-URL's partner (several, for rotation), and must grant the service for the entry. Rejections are 403s with
-Kaltura's codes; their messages never contain the KS or a secret.
+URL's partner (several, for rotation), and must grant the service for the entry: `sview`, `download`, an admin
+KS, or (a widget session, what embedded players send) `view`; `limitentry` narrows any KS to one entry. Rejections
+are 403s with Kaltura's codes; their messages never contain the KS or a secret.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ class Session:
 
     def values(self, name: str) -> list[str]:
         return [value for key, value in self.privileges if key == name]
+
+    @property
+    def is_widget(self) -> bool:
+        """Kaltura's widget session (startWidgetSession): a user KS of nobody, with `widget:1`."""
+        return self.type == 0 and not self.user_id and "1" in self.values("widget")
+
+    def limited_to(self, entry_id: str) -> bool:
+        """Whether `limitentry` (if any) lets this KS reach the entry."""
+        limits = self.values("limitentry")
+        return not limits or any(limit in ("*", entry_id) for limit in limits)
 
 
 # ----------------------------------------------------------------------------------------------------------- reading
@@ -116,7 +127,8 @@ def ks_shape(ks: str) -> KsShape:
 
 
 def _decode(ks: str) -> bytes:
-    text = ks.strip().replace(" ", "+").replace("-", "+").replace("_", "/")  # a '+' a query string made a space
+    # a '+' that a query string made a space (at either end too: stripping first would lose it)
+    text = ks.strip("\t\r\n").replace(" ", "+").replace("-", "+").replace("_", "/")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
@@ -227,6 +239,28 @@ class AccessPolicy:
             return PUBLIC
         if not ks:
             raise Forbidden(f"access denied: partner {partner_id} requires a KS for {service}")
+        session = self._session(partner_id, ks, path=path, remote=remote, forwarded_for=forwarded_for, now=now)
+        if not session.limited_to(entry_id):
+            raise Forbidden(f"access denied: the KS is limited to other entries than {entry_id}")
+        if not _grants(session, service, entry_id):
+            raise Forbidden(f"access denied: the KS grants no {service} of entry {entry_id}")
+        return Grant(private=True)
+
+    def check_admin(self, partner_id: int, entry_id: str, ks: str | None, *, path: str, remote: str | None,
+                    forwarded_for: str | None, now: float | None = None) -> Session:
+        """An admin KS (type ≥ 1) of the partner, valid for the entry (an operator's purge): else Forbidden."""
+        if not ks:
+            raise Forbidden(f"access denied: an admin KS of partner {partner_id} is needed")
+        session = self._session(partner_id, ks, path=path, remote=remote, forwarded_for=forwarded_for, now=now)
+        if session.type < 1:
+            raise Forbidden("access denied: a user KS cannot do this; an admin KS is needed")
+        if not session.limited_to(entry_id):
+            raise Forbidden(f"access denied: the KS is limited to other entries than {entry_id}")
+        return session
+
+    def _session(self, partner_id: int, ks: str, *, path: str, remote: str | None, forwarded_for: str | None,
+                 now: float | None) -> Session:
+        """The KS verified for the partner's URL: signature, partner, expiry, IP and URI restrictions."""
         owner = claimed_partner(ks)
         # verified with the secrets of the partner it names: a genuine KS of another partner is told apart (32)
         # from a forged or damaged one (7)
@@ -242,9 +276,7 @@ class AccessPolicy:
         allowed_uris = session.values("urirestrict")
         if allowed_uris and not any(_uri_allowed(path, pattern) for pattern in allowed_uris):
             raise Forbidden("access denied: the KS is restricted to other URLs")
-        if session.type < 1 and not _grants(session, service, entry_id):
-            raise Forbidden(f"access denied: the KS grants no {service} of entry {entry_id}")
-        return Grant(private=True)
+        return session
 
     def client_address(self, remote: str | None, forwarded_for: str | None) -> str | None:
         """The client: the peer, or (only behind a trusted proxy) the last untrusted X-Forwarded-For hop."""
@@ -264,7 +296,10 @@ class AccessPolicy:
 
 
 def _grants(session: Session, service: str, entry_id: str) -> bool:
-    names = ("sview", "download") if service == "raw" else ("sview",)
+    if session.type >= 1:  # an admin KS allows all
+        return True
+    # `view` counts only in a widget session, and never for raw (players show thumbnails and clips)
+    names = ("sview", "download") if service == "raw" else ("sview", "view") if session.is_widget else ("sview",)
     return any(value in ("*", entry_id) for name in names for value in session.values(name))
 
 

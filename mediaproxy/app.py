@@ -26,7 +26,10 @@ from .console import add_console
 from .errors import BadRequest, MediaProxyError, MethodNotAllowed, NotFound, ProcessingTimeout, TooLarge
 from .origins.base import Origin
 from .origins.http import HttpOrigin
+from .notifications import NotificationEndpoints
 from .origins.local import LocalOrigin
+from .purge import Purges
+from .refs import entry_prefix
 from .responses import CORS_HEADERS, ENTRY, PREFLIGHT_HEADERS, PRIVATE, SERVICE, STARTED, TIER, error_response
 from .cache.results import ResultCache
 from .services.flvclipper import ClipService
@@ -57,9 +60,9 @@ class Runtime:
         self.disk = DiskCache(cache.dir, {"originals": cache.originals_bytes, "results": cache.results_bytes,
                                           "indexes": cache.index_bytes})
         self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
-                                               size_of=_memory_size)
+                                               size_of=_memory_size, entry_of=_entry_of_owner_key)
         self.decoded: MemoryCache = MemoryCache(config.cache.decoded_bytes, config.cache.memory_item_bytes,
-                                                size_of=_picture_size)
+                                                size_of=_picture_size, entry_of=_entry_of_owner_key)
         processing = config.processing
         self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds,
                              name="images")
@@ -67,6 +70,8 @@ class Runtime:
         self.store = Store(self.origin, self.disk, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                            not_found_seconds=config.origin.not_found_seconds, block_bytes=config.origin.block_bytes,
                            wait_seconds=config.origin.deadline_seconds)
+        self.purges = Purges(self.disk, config.notifications.remember_seconds)
+        self.store.withheld = self.purges.withheld
         self.access = AccessPolicy(config)
         self.sources = Sources(self.store, self.pool, config.limits.max_source_pixels)
         self.results = ResultCache(self.memory, self.disk)
@@ -75,9 +80,13 @@ class Runtime:
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
             "flvclipper": ClipService(self.sources, self.disk, self.pool, config),
         }
+        self.purges.register(self.store, self.sources, self.results, self.services["thumbnail"],
+                             self.services["flvclipper"], self.memory, self.decoded)
+        self.notifications = NotificationEndpoints(config, self.purges, self.access)
 
     async def start(self) -> None:
         await self.disk.start()
+        await self.purges.start()
         await self.store.start()
 
     async def origin_reachable(self) -> bool:
@@ -91,12 +100,18 @@ class Runtime:
     async def close(self) -> None:
         await self.results.flush()
         await self.store.close()
+        self.purges.close()
         await self.disk.close()
         self.pool.close()
 
 
 def _memory_size(value) -> int:
     return len(value) if isinstance(value, (bytes, bytearray)) else value.size
+
+
+def _entry_of_owner_key(key: tuple) -> str:
+    """("original" | "result" | "decoded", owner, ...) → the owner's entry."""
+    return entry_prefix(key[1])
 
 
 def _picture_size(decoded) -> int:
@@ -133,8 +148,11 @@ def make_app(config: Config) -> web.Application:
     app.on_response_prepare.append(_finish_response)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _metrics)
+    if config.notifications_on:
+        app.router.add_post(config.notifications.path, runtime.notifications.notifications)
+    app.router.add_post("/admin/purge", runtime.notifications.admin_purge)
     if config.console.enabled:
-        add_console(app, config, runtime.origin, runtime.sources)
+        add_console(app, config, runtime.origin, runtime.sources, runtime.purges)
     app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch)  # any path, even one with an encoded line feed
     return app
 
@@ -154,6 +172,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
                                  reading.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
                                  remote=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
     request[PRIVATE] = grant.private
+    await runtime.purges.catch_up()  # what another worker purged is dropped here too (one memory read if nothing)
     limit = runtime.config.limits.request_seconds
     try:
         async with asyncio.timeout(limit if limit > 0 else None):

@@ -1,5 +1,5 @@
-"""The `mediaproxy` command: serve (one process, or workers sharing the port); ks, url, warm, explain and check
-helpers."""
+"""The `mediaproxy` command: serve (one process, or workers sharing the port); purge an entry; ks, url, warm, explain
+and check helpers."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     ks_command.add_argument("--type", type=int, default=0, choices=(0, 2), help="0 user (default), 2 admin")
     ks_command.add_argument("--user", default="", help="user id")
     ks_command.add_argument("--v2", action="store_true", help="make a v2 (AES) KS instead of v1")
+    ks_command.add_argument("--widget", action="store_true", help='a widget session, what embedded players send: '
+                            'type 0, no user, "view:*,widget:1" (--privileges adds to it, e.g. limitentry:0_abc)')
+    purge_command = commands.add_parser(
+        "purge", help="drop what this node keeps of an entry, on every worker (as a notification does), and serve "
+                      "it again if a notification deleted or blocked it")
+    purge_command.add_argument("--partner", type=int, required=True, help="partner id")
+    purge_command.add_argument("--entry", required=True, help="entry id")
+    purge_command.add_argument("--config", type=Path, help="config file (its cache dir is the node's), as for serve")
+    purge_command.add_argument("--json", action="store_true", help="print what was dropped as JSON")
     warm_command = commands.add_parser("warm", help="fetch a list of URLs (from a file or stdin) so the caches "
                                                       "hold them; progress and a summary")
     warm_command.add_argument("file", nargs="?", default="-", help="one URL or path per line (default: stdin)")
@@ -87,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.source, base=args.base, concurrency=args.concurrency, timeout=args.timeout,
                      json_output=args.json)
     if args.command == "ks":
-        from .access import make_ks
-
-        print(make_ks(args.partner, args.secret, privileges=args.privileges, expiry=int(time.time()) + args.expiry,
-                      type=args.type, user_id=args.user, v2=args.v2))
-        return 0
+        return _ks(args)
+    if args.command == "purge":
+        return _purge(args)
 
     try:
         config = load_config(args.config)
@@ -104,6 +111,58 @@ def main(argv: list[str] | None = None) -> int:
         server, host=args.host or server.host, port=args.port if args.port is not None else server.port,
         workers=args.workers if args.workers is not None else server.workers))
     return serve(config)
+
+
+def _ks(args: argparse.Namespace) -> int:
+    from .access import make_ks
+
+    privileges = args.privileges
+    if args.widget:
+        if args.type != 0 or args.user:
+            print("mediaproxy ks: a widget session is a user KS (type 0) of no user", file=sys.stderr)
+            return 2
+        given = [item.strip() for item in privileges.split(",") if item.strip()]
+        view = [] if any(item.startswith("view:") for item in given) else ["view:*"]
+        privileges = ",".join([*view, "widget:1", *(item for item in given if item != "widget:1")])
+    print(make_ks(args.partner, args.secret, privileges=privileges, expiry=int(time.time()) + args.expiry,
+                  type=args.type, user_id=args.user, v2=args.v2))
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    """Purge from this machine's node: its shared index and cache dir; running workers notice at their next
+    request (purge.py). The same as POST /admin/purge, without a KS: whoever can run this can read the cache."""
+    import asyncio
+    import json
+
+    from .cache.disk import DiskCache
+    from .purge import Purges
+    from .refs import ID_PATTERN, EntryRef
+
+    if not ID_PATTERN.match(args.entry):
+        print(f"mediaproxy purge: {args.entry!r} is not an entry id", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"mediaproxy: config error: {error}", file=sys.stderr)
+        return 2
+
+    async def purge():
+        cache = config.cache
+        disk = DiskCache(cache.dir, {"originals": cache.originals_bytes, "results": cache.results_bytes,
+                                     "indexes": cache.index_bytes})
+        purges = Purges(disk, config.notifications.remember_seconds)
+        try:
+            await purges.start()
+            return await purges.purge(EntryRef(args.partner, args.entry), withhold=None, source="operator")
+        finally:
+            purges.close()
+            await disk.close()
+
+    outcome = asyncio.run(purge())
+    print(json.dumps(outcome.as_json(), indent=2) if args.json else outcome.words())
+    return 0
 
 
 def _warm(args: argparse.Namespace) -> int:

@@ -116,6 +116,14 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class NotificationsConfig:
+    enabled: bool | None = None  # POST {path}; absent: on when a partner has admin secrets
+    path: str = "/notifications"
+    max_body_bytes: int = 1_000_000  # a larger POST is refused (413) before it is read
+    remember_seconds: float = 7 * 86400  # how long notification ids (Kaltura retries) and purges are remembered
+
+
+@dataclass(frozen=True)
 class DefaultsConfig:
     partner_id: int = 100
 
@@ -142,6 +150,7 @@ class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     partners: Mapping[int, PartnerConfig] = field(default_factory=dict)
 
@@ -153,6 +162,12 @@ class Config:
     def thread_count(self) -> int:
         """Work threads per worker: one process per core with one thread each beats threads fighting a GIL."""
         return self.processing.threads or max(1, (os.cpu_count() or 1) // self.worker_count)
+
+    @property
+    def notifications_on(self) -> bool:
+        """Whether POST /notifications is served: as configured, else when some partner can sign."""
+        enabled = self.notifications.enabled
+        return enabled if enabled is not None else any(partner.admin_secrets for partner in self.partners.values())
 
     def partner(self, partner_id: int) -> PartnerConfig:
         return self.partners.get(partner_id, _PUBLIC_PARTNER)
@@ -168,6 +183,7 @@ class Config:
 
 
 _PUBLIC_PARTNER = PartnerConfig()
+_RESERVED_PATHS = ("/p/", "/s/", "/flvclipper", "/admin/", "/console/", "/healthz", "/metrics", "/explain")
 _SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items()
                               if name != "partners"}
 
@@ -354,6 +370,13 @@ def _check(config: Config) -> None:
                  "decoded_bytes", "clip_index_memory_bytes"):
         if getattr(config.cache, name) < 0:
             raise ConfigError(f"[cache] {name} must be 0 or more")
+    notifications = config.notifications
+    if not notifications.path.startswith("/") or notifications.path.startswith(_RESERVED_PATHS) or any(
+            char in notifications.path for char in "?#% "):
+        raise ConfigError(f"[notifications] path {notifications.path!r} must be a plain path of its own, like "
+                          "\"/notifications\" (not under /p/, /s/, /flvclipper/, /admin/, /console/)")
+    if notifications.max_body_bytes < 1024 or notifications.remember_seconds <= 0:
+        raise ConfigError("[notifications] max_body_bytes must be at least 1024 and remember_seconds above 0")
     for partner_id, partner in config.partners.items():
         unknown = set(partner.ks_required_for) - set(SERVICES)
         if unknown:

@@ -26,6 +26,11 @@ UPSTREAM_BYTES = Counter("mediaproxy_upstream_bytes_total", "Bytes of originals 
 UPSTREAM_SECONDS = Histogram("mediaproxy_upstream_fetch_seconds", "Time to fetch or revalidate an original",
                              buckets=_LATENCY_BUCKETS)
 UPSTREAM_ERRORS = Counter("mediaproxy_upstream_errors_total", "Upstream failures", ["kind"])
+NOTIFICATIONS = Counter("mediaproxy_notifications_total", "Kaltura notifications received, by type and outcome "
+                        "(purged, withheld, released, duplicate, ignored; refused, malformed, too_large)",
+                        ["type", "outcome"])
+PURGES = Counter("mediaproxy_purges_total", "Entries purged from the node's caches, by who asked (notification, "
+                 "operator, console)", ["source"])
 WORKER_RESTARTS = Counter("mediaproxy_worker_restarts_total", "Workers restarted by the supervisor")
 
 

@@ -779,3 +779,11 @@ async def test_cli_ks_is_accepted_by_the_server(start, cli_ks):
         assert_denied(await fetch(client, PHOTO_THUMB, ks=ks[name]), 31, ks=ks[name])
     assert_allowed(await fetch(client, VIDEO_CLIP, ks=ks["v2 short"], where="query"), "flvclipper")
     assert_denied(await fetch(client, PHOTO_RAW, ks=ks["v2 short"]), 3, ks=ks["v2 short"])
+
+
+async def test_a_ks_ending_with_plus_survives_a_query_string(start):
+    """A '+' of the standard alphabet sent raw in a query arrives as a space, at the end of the KS too."""
+    ks = next(ks for ks in (make("v2", 200, SECRET_200, urlsafe=False, privileges="download:*").rstrip("=")
+                            for _ in range(5000)) if ks.endswith("+"))
+    client = await start()
+    assert_allowed(await fetch(client, PRIVATE_RAW, ks=ks, where="query"), "raw")

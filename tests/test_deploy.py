@@ -1,9 +1,14 @@
-"""deploy/nginx.conf as shipped: nginx caching in front of two mediaproxy nodes, on loopback."""
+"""deploy/nginx.conf as shipped: nginx caching in front of two mediaproxy nodes, on loopback; a notification sent
+to nginx reaches both nodes."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from PIL import Image
@@ -20,10 +26,11 @@ from .conftest import FIXTURE_MEDIA, REPO, free_port, require_tool
 DEPLOY = REPO / "deploy" / "nginx.conf"
 
 
-def _start_node(tmp_path: Path, name: str) -> tuple[subprocess.Popen, int, Path]:
+def _start_node(tmp_path: Path, name: str, root: Path = FIXTURE_MEDIA,
+                extra: str = "") -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
     config = tmp_path / f"{name}.toml"
-    config.write_text(f'[origin]\nroot = "{FIXTURE_MEDIA}"\n[cache]\ndir = "{tmp_path / name}"\n'
+    config.write_text(f'[origin]\nroot = "{root}"\n{extra}\n[cache]\ndir = "{tmp_path / name}"\n'
                       '[partners.200]\nadmin_secrets = ["mediaproxy-fixture-secret-200"]\nks_required_for = ["raw"]\n')
     log = tmp_path / f"{name}.log"
     process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config), "--port",
@@ -64,8 +71,14 @@ def _served(log: Path) -> list[str]:
 
 @pytest.fixture
 def cluster(tmp_path):
+    with _cluster(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _cluster(tmp_path: Path, root: Path = FIXTURE_MEDIA, extra: str = ""):
     nginx_binary = require_tool("nginx")
-    nodes = [_start_node(tmp_path, "node1"), _start_node(tmp_path, "node2")]
+    nodes = [_start_node(tmp_path, "node1", root, extra), _start_node(tmp_path, "node2", root, extra)]
     port = free_port()
     work = tmp_path / "nginx"
     work.mkdir()
@@ -157,3 +170,78 @@ def test_negotiated_thumbnails_are_cached_once_per_format_not_per_accept_string(
         assert headers["Vary"] == "Accept"  # passed on to the clients and caches further down
         assert Image.open(io.BytesIO(body)).format == content_type.partition("/")[2].upper()
     assert sum(_settled_counts(nodes, 3)) == 3
+SECRET_200 = "mediaproxy-fixture-secret-200"
+THUMB = "/p/200/sp/20000/thumbnail/entry_id/0_swap/width/40"
+
+
+def _solid_jpeg(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (80, 60), color).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _colour(body: bytes) -> tuple[int, int, int]:
+    image = Image.open(io.BytesIO(body)).convert("RGB")
+    return image.getpixel((image.width // 2, image.height // 2))
+
+
+def _is(color: tuple[int, int, int], body: bytes) -> bool:
+    return all(abs(a - b) <= 12 for a, b in zip(_colour(body), color))
+
+
+def _notification(kind: str, notification_id: str) -> bytes:
+    """Kaltura's single notification, signed as SPEC §8 says (written here, not with mediaproxy's code)."""
+    fields = {"notification_id": notification_id, "notification_type": kind, "puser_id": "", "partner_id": "200",
+              "entry_id": "0_swap"}
+    fields["signed_fields"] = ",".join([*fields, "signed_fields"]) + ","
+    fields["sig"] = hashlib.md5((SECRET_200 + "".join(key + fields[key] for key in sorted(fields))).encode()).hexdigest()
+    return urlencode(fields).encode()
+
+
+def _purged_on(port: int) -> dict[str, float]:
+    """Notification outcomes a node counted (its /metrics)."""
+    _, _, body = _get(f"http://127.0.0.1:{port}/metrics")
+    counted: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("mediaproxy_notifications_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counted[outcome] = counted.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
+    return counted
+
+
+def test_one_notification_to_nginx_reaches_both_nodes(tmp_path):
+    root = tmp_path / "media"
+    shutil.copytree(FIXTURE_MEDIA, root)
+    entry = root / "200" / "0_swap"
+    entry.mkdir()
+    (entry / "original.jpg").write_bytes(_solid_jpeg((220, 30, 30)))
+    with _cluster(tmp_path, root, "revalidate_seconds = 3600") as (url, nodes):
+        direct = [f"http://127.0.0.1:{port}" for _, port, _ in nodes]
+        through_nginx = _get(f"{url}{THUMB}")
+        assert _is((220, 30, 30), through_nginx[2])
+        for node in direct:
+            assert _is((220, 30, 30), _get(f"{node}{THUMB}")[2])
+        (entry / "new.tmp").write_bytes(_solid_jpeg((30, 30, 220)))
+        os.replace(entry / "new.tmp", entry / "original.jpg")
+        for node in direct:  # an hour of trust: both still show what they cached
+            assert _is((220, 30, 30), _get(f"{node}{THUMB}")[2])
+
+        request = urllib.request.Request(f"{url}/notifications", data=_notification("entry_update", "77"),
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+            assert json.loads(response.read())["notifications"][0]["outcome"] in ("purged", "duplicate")
+
+        # each node got its copy (the copies are not waited for: polled); the answering one got two
+        deadline = time.monotonic() + 10
+        while [_purged_on(port).get("purged", 0) for _, port, _ in nodes] != [1, 1]:
+            assert time.monotonic() < deadline, [_purged_on(port) for _, port, _ in nodes]
+            time.sleep(0.05)
+        assert sum(_purged_on(port).get("duplicate", 0) for _, port, _ in nodes) == 1
+        for node in direct:
+            assert _is((30, 30, 220), _get(f"{node}{THUMB}")[2])
+
+        # nginx (a CDN) keeps its copy until max-age; a new URL (Kaltura changes `version`) shows the change
+        status, headers, body = _get(f"{url}{THUMB}")
+        assert headers["X-Cache-Status"] == "HIT" and _is((220, 30, 30), body)
+        assert _is((30, 30, 220), _get(f"{url}{THUMB}/version/2")[2])

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .index import SharedIndex
+from .index import PurgeRecord, PurgeRequest, PurgeRow, SharedIndex
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,8 @@ class DiskCache:
 
     async def write(self, namespace: str, items: list[tuple[str, bytes, dict[str, Any]]],
                     owner: str | None = None) -> bool:
-        """Store (key, body, meta) entries; False when the disk refused (logged; the caller carries on)."""
+        """Store (key, body, meta) entries, filed under `owner` (see drop_owned and purge); False when the disk
+        refused (logged; the caller carries on)."""
         return await self._run(self._write_items, namespace, items, owner)
 
     def _write_items(self, namespace: str, items, owner: str | None) -> bool:
@@ -356,6 +357,25 @@ class DiskCache:
 
     async def forget_located(self, prefix: str) -> None:
         await self._run(self.index.forget_located, prefix)
+
+    # ----------------------------------------------------------------------------------------------- purges
+
+    async def purge(self, request: PurgeRequest, remember_seconds: float) -> PurgeRecord | None:
+        """Purge one entry from the node (one transaction of the index; its files are removed inside it)."""
+        return await self._run(self.index.purge, request, lambda name: _unlink(self._path(name)),
+                               remember_seconds=remember_seconds)
+
+    async def purges_since(self, generation: int) -> tuple[int, list[PurgeRow]]:
+        return await self._run(self.index.purges_since, generation)
+
+    async def last_purge(self) -> int:
+        return await self._run(self.index.last_purge)
+
+    async def withheld(self) -> dict[tuple[int, str], str]:
+        return await self._run(self.index.withheld)
+
+    async def notice(self, partner_id: int, entry_id: str) -> tuple[str, float] | None:
+        return await self._run(self.index.notice, partner_id, entry_id)
 
     @asynccontextmanager
     async def exclusive(self, key: str, timeout: float):

@@ -6,6 +6,11 @@
     totals    bytes per namespace, kept by triggers, so a budget check is one row read
     located   what an http origin said about an entry's file (or that it has none), shared so that one worker's
               answer saves the others a trip upstream
+    purges    one row per purge of an entry (SPEC §8), numbered in commit order: the generation every worker
+              compares with the last it applied (purge.py), and the entry's withheld state after it
+    withheld  entries that answer 404 whatever the origin holds (deleted or blocked), until purged again
+    once      keys of purges that happen at most once (a notification's id; Kaltura retries), kept for a while
+    notices   the last notification received for an entry (the console shows it)
 
 Every method blocks: the disk cache calls them on its own thread. Writers take sqlite's write lock
 (`BEGIN IMMEDIATE`) for the few statements of one change, so several processes can insert, evict and read safely.
@@ -16,7 +21,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 _SCHEMA = """
@@ -38,8 +44,63 @@ CREATE TRIGGER IF NOT EXISTS entry_removed AFTER DELETE ON entries BEGIN
     UPDATE totals SET bytes = bytes - old.size WHERE namespace = old.namespace;
 END;
 CREATE TABLE IF NOT EXISTS located (key TEXT PRIMARY KEY, value TEXT NOT NULL, checked REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS purges (
+    generation INTEGER PRIMARY KEY AUTOINCREMENT,
+    partner_id INTEGER NOT NULL,
+    entry_id TEXT NOT NULL,
+    withheld TEXT,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS withheld (
+    partner_id INTEGER NOT NULL,
+    entry_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (partner_id, entry_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS once (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS once_by_age ON once(at);
+CREATE TABLE IF NOT EXISTS notices (
+    partner_id INTEGER NOT NULL,
+    entry_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (partner_id, entry_id)
+) WITHOUT ROWID;
 """
 _LOW_WATER = 0.9  # an eviction frees space down to this share of the budget, so it does not run on every insert
+
+
+KEEP_WITHHELD = "keep"  # PurgeRequest.withheld: leave the entry's withheld state as it is
+
+
+@dataclass(frozen=True)
+class PurgeRequest:
+    """One entry to purge: every cache entry and located fact whose key starts with `prefix` ("{partner}/{entry}/")."""
+
+    partner_id: int
+    entry_id: str
+    prefix: str
+    withheld: str | None  # afterwards: why the entry answers 404 ("deleted", "blocked"), None (served), or KEEP_WITHHELD
+    once: str | None = None  # a key that makes this purge happen at most once (within `remember_seconds`)
+    notice: str | None = None  # the notification that asked for it, remembered as the entry's last
+
+
+@dataclass(frozen=True)
+class PurgeRecord:
+    generation: int
+    removed: Mapping[str, int]  # namespace → cache entries removed
+    located: int  # located facts removed
+    withheld_before: str | None
+    withheld: str | None
+
+
+@dataclass(frozen=True)
+class PurgeRow:
+    generation: int
+    partner_id: int
+    entry_id: str
+    withheld: str | None
 
 
 class SharedIndex:
@@ -152,6 +213,73 @@ class SharedIndex:
             db.execute("DELETE FROM located WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
 
 
+    # ------------------------------------------------------------------------------------------- purges
+
+    def purge(self, request: PurgeRequest, unlink: Callable[[str], None], *, remember_seconds: float,
+              now: float | None = None) -> PurgeRecord | None:
+        """Purge one entry in one transaction: its cache entries (whose files `unlink(name)` removes inside it, so a
+        crash never leaves a file without its row or a recorded purge with its files), its located facts, its
+        withheld state, and a numbered row every worker applies. None when `request.once` was seen already."""
+        now = time.time() if now is None else now
+        prefix, end = request.prefix, _prefix_end(request.prefix)
+        key = (request.partner_id, request.entry_id)
+        with _write(self.db) as db:
+            if request.once is not None:
+                if db.execute("INSERT OR IGNORE INTO once VALUES (?, ?)", (request.once, now)).rowcount == 0:
+                    return None
+            removed: dict[str, int] = {}
+            owned = db.execute("SELECT name, namespace FROM entries WHERE owner >= ? AND owner < ?",
+                               (prefix, end)).fetchall()
+            for name, namespace in owned:
+                unlink(name)
+                removed[namespace] = removed.get(namespace, 0) + 1
+            db.execute("DELETE FROM entries WHERE owner >= ? AND owner < ?", (prefix, end))
+            located = db.execute("DELETE FROM located WHERE key >= ? AND key < ?", (prefix, end)).rowcount
+            row = db.execute("SELECT reason FROM withheld WHERE partner_id = ? AND entry_id = ?", key).fetchone()
+            before = row[0] if row else None
+            after = before if request.withheld == KEEP_WITHHELD else request.withheld
+            if after is None:
+                db.execute("DELETE FROM withheld WHERE partner_id = ? AND entry_id = ?", key)
+            elif after != before:
+                db.execute("INSERT OR REPLACE INTO withheld VALUES (?, ?, ?, ?)", (*key, after, now))
+            if request.notice is not None:
+                db.execute("INSERT OR REPLACE INTO notices VALUES (?, ?, ?, ?)", (*key, request.notice, now))
+            generation = db.execute("INSERT INTO purges (partner_id, entry_id, withheld, at) VALUES (?, ?, ?, ?)",
+                                    (*key, after, now)).lastrowid
+            db.execute("DELETE FROM purges WHERE at < ?", (now - remember_seconds,))
+            db.execute("DELETE FROM once WHERE at < ?", (now - remember_seconds,))
+        return PurgeRecord(generation, removed, located, before, after)
+
+    def purges_since(self, generation: int) -> tuple[int, list[PurgeRow]]:
+        """(the last generation ever made, the purges after `generation` still kept), in one read transaction."""
+        with _read(self.db) as db:
+            rows = [PurgeRow(*row) for row in db.execute(
+                "SELECT generation, partner_id, entry_id, withheld FROM purges WHERE generation > ? "
+                "ORDER BY generation", (generation,))]
+            return self.last_purge(), rows
+
+    def last_purge(self) -> int:
+        """The generation of the last purge ever made (its row may have been trimmed)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'purges'").fetchone()
+        return row[0] if row else 0
+
+    def withheld(self) -> dict[tuple[int, str], str]:
+        """(partner, entry) → why it answers 404, for every withheld entry."""
+        return {(partner, entry): reason for partner, entry, reason in
+                self.db.execute("SELECT partner_id, entry_id, reason FROM withheld")}
+
+    def notice(self, partner_id: int, entry_id: str) -> tuple[str, float] | None:
+        """The last notification received for an entry: (what it was, when)."""
+        row = self.db.execute("SELECT kind, at FROM notices WHERE partner_id = ? AND entry_id = ?",
+                              (partner_id, entry_id)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+
+def _prefix_end(prefix: str) -> str:
+    """The smallest string above every string that starts with `prefix` (a range scan of the index)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def _open(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
@@ -159,6 +287,20 @@ def _open(path: Path) -> sqlite3.Connection:
     db.executescript(_SCHEMA)
     db.execute("SELECT count(*) FROM entries").fetchone()  # a damaged file fails here, not on first use
     return db
+
+
+class _read:
+    """BEGIN … COMMIT: one snapshot for several reads."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
 class _write:

@@ -1,4 +1,8 @@
-"""Rendered results (thumbnails, frames) by canonical key: memory first, then disk; a miss is rendered once."""
+"""Rendered results (thumbnails, frames) by canonical key: memory first, then disk; a miss is rendered once.
+
+Every result is filed under the owner of the file it was made from (`EntryFile.owner`), in memory and on disk,
+so dropping an original that changed (`DiskCache.drop_owned`) or a purged entry reaches its results too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .. import metrics
+from ..refs import Purged
 from .disk import DiskCache
 from .memory import MemoryCache
 from .singleflight import SingleFlight
@@ -30,32 +35,33 @@ class ResultCache:
         self.memory = memory
         self.disk = disk
         self._flights: SingleFlight[tuple[Result, str]] = SingleFlight()
-        self._unwritten: list[tuple[str, bytes, dict]] = []
+        self._unwritten: list[tuple[str, tuple[str, bytes, dict]]] = []  # (owner, disk item)
         self._writer: asyncio.Task | None = None
 
-    async def get(self, key: str, make: Callable[[], Awaitable[Result]], *,
+    async def get(self, key: str, make: Callable[[], Awaitable[Result]], *, owner: str,
                   persist: bool = True) -> tuple[Result, str]:
-        """(the result, where it came from: "memory", "disk" or "render")."""
-        result = self.memory.get(("result", key))
+        """(the result, where it came from: "memory", "disk" or "render"); `owner`: its source file's owner."""
+        result = self.memory.get(("result", owner, key))
         if result is not None:
             metrics.CACHE.labels("memory", "hit").inc()
             return result, "memory"
         metrics.CACHE.labels("memory", "miss").inc()
-        return await self._flights.run(key, lambda: self._load_or_make(key, make, persist))
+        return await self._flights.run(key, lambda: self._load_or_make(key, make, owner, persist))
 
-    async def _load_or_make(self, key: str, make: Callable[[], Awaitable[Result]],
+    async def _load_or_make(self, key: str, make: Callable[[], Awaitable[Result]], owner: str,
                             persist: bool) -> tuple[Result, str]:
         found = await self.disk.read("results", key)
         metrics.CACHE.labels("disk", "miss" if found is None else "hit").inc()
         if found is not None:
             meta = found.meta
             result = Result(found.body, meta.get("content_type", "application/octet-stream"), meta.get("extra", {}))
-            self.memory.put(("result", key), result)
+            self.memory.put(("result", owner, key), result)
             return result, "disk"
         result = await make()
-        self.memory.put(("result", key), result)
+        self.memory.put(("result", owner, key), result)
         if persist and len(self._unwritten) < _MAX_UNWRITTEN:  # written behind the response, in batches
-            self._unwritten.append((key, result.body, {"content_type": result.content_type, "extra": result.meta}))
+            item = (key, result.body, {"content_type": result.content_type, "extra": result.meta})
+            self._unwritten.append((owner, item))
             if self._writer is None:
                 self._writer = asyncio.create_task(self._write_behind())
         return result, "render"
@@ -64,9 +70,17 @@ class ResultCache:
         try:
             while self._unwritten:
                 batch, self._unwritten = self._unwritten, []
-                await self.disk.write("results", batch)  # a full disk: logged there; the results stay in memory
+                by_owner: dict[str, list[tuple[str, bytes, dict]]] = {}
+                for owner, item in batch:
+                    by_owner.setdefault(owner, []).append(item)
+                for owner, items in by_owner.items():  # a full disk: logged there; the results stay in memory
+                    await self.disk.write("results", items, owner=owner)
         finally:
             self._writer = None
+
+    def forget_purged(self, purged: Purged) -> None:
+        """Drop the results of purged entries not yet written to disk (those in memory go with the memory cache)."""
+        self._unwritten = [(owner, item) for owner, item in self._unwritten if not purged.owns(owner)]
 
     async def flush(self) -> None:
         """Wait for results still being written (at shutdown)."""

@@ -1,7 +1,9 @@
 """The test console: a page for trying media links (served at `/` when `[console] enabled = true`).
 
-Plain HTML, CSS and JavaScript from the package (no build step, nothing from the network), plus two JSON endpoints:
-the entries the page can show, and `/explain?url=...` (SPEC §9), how any media link is read.
+Plain HTML, CSS and JavaScript from the package (no build step, nothing from the network), plus JSON endpoints:
+the entries the page can show, `/explain?url=...` (SPEC §9), how any media link is read, an entry's notification
+state, and a purge of an entry (for a partner whose admin secret the server holds: what an operator could do with
+an admin KS and POST /admin/purge).
 """
 
 from __future__ import annotations
@@ -18,20 +20,49 @@ from ..errors import MediaProxyError
 from ..explain import explain
 from ..media.probe import MediaKind
 from ..origins.base import ListedEntry, Origin
+from ..purge import Purges
+from ..refs import ID_PATTERN, EntryRef
 from ..services.sources import Sources
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def add_console(app: web.Application, config: Config, origin: Origin, sources: Sources) -> None:
+def add_console(app: web.Application, config: Config, origin: Origin, sources: Sources, purges: Purges) -> None:
     catalogue = Catalogue(config, origin, sources)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def entries(request: web.Request) -> web.Response:
+        await purges.catch_up()
         return web.json_response(await catalogue.describe(), headers={"Cache-Control": "no-store"})
+
+    async def entry_state(request: web.Request) -> web.Response:
+        """The entry's last notification (type, when), whether it is withheld, whether the console can purge it."""
+        ref = _entry_of(request.query)
+        await purges.catch_up()
+        notice = await purges.notice(ref)
+        return web.json_response({
+            "partner_id": ref.partner_id, "entry_id": ref.entry_id,
+            "last_notification": None if notice is None else {"type": notice[0], "at": notice[1]},
+            "withheld": purges.withheld.get(ref), "can_purge": bool(config.partner(ref.partner_id).admin_secrets),
+        }, headers={"Cache-Control": "no-store"})
+
+    async def purge(request: web.Request) -> web.Response:
+        # JSON only: a page of another site cannot post JSON here without a CORS preflight, which is not granted
+        if request.content_type != "application/json" or request.headers.get("Sec-Fetch-Site") == "cross-site":
+            raise web.HTTPForbidden(reason="the console's purge takes JSON from the console's own page")
+        try:
+            asked = await request.json()
+        except ValueError:
+            asked = None
+        ref = _entry_of(asked if isinstance(asked, dict) else {})
+        if not config.partner(ref.partner_id).admin_secrets:
+            raise web.HTTPForbidden(reason=f"no admin secret of partner {ref.partner_id} is configured")
+        outcome = await purges.purge(ref, withhold=None, source="console")
+        assert outcome is not None
+        return web.json_response({**outcome.as_json(), "words": outcome.words()}, headers={"Cache-Control": "no-store"})
 
     policy = AccessPolicy(config)
 
@@ -46,8 +77,17 @@ def add_console(app: web.Application, config: Config, origin: Origin, sources: S
 
     app.router.add_get("/", index)
     app.router.add_get("/console/api/entries", entries)
+    app.router.add_get("/console/api/entry", entry_state)
+    app.router.add_post("/console/api/purge", purge)
     app.router.add_get("/explain", explain_link)
     app.router.add_static("/console/static/", STATIC, append_version=False)
+
+
+def _entry_of(fields) -> EntryRef:
+    partner, entry_id = str(fields.get("partner_id", "")), str(fields.get("entry_id", ""))
+    if not partner.lstrip("-").isdigit() or len(partner) > 12 or not ID_PATTERN.match(entry_id):
+        raise web.HTTPBadRequest(reason="give partner_id (an integer) and entry_id (an entry id)")
+    return EntryRef(int(partner), entry_id)
 
 
 class Catalogue:
@@ -65,7 +105,8 @@ class Catalogue:
         for entry, description in zip(listed, described):
             partners.setdefault(entry.ref.partner_id, []).append(description)
         return {"partners": [{"partner_id": partner, "requires_ks": self.config.partner(partner).ks_required_for,
-                              "entries": entries} for partner, entries in partners.items()]}
+                              "can_purge": bool(self.config.partner(partner).admin_secrets), "entries": entries}
+                             for partner, entries in partners.items()]}
 
     async def _entry(self, listed: ListedEntry) -> dict:
         ref = listed.ref

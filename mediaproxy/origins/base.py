@@ -55,7 +55,7 @@ class EntryFile:
     @property
     def owner(self) -> str:
         """What everything cached from this file is filed under (dropped together when it changes)."""
-        return f"{self.ref.partner_id}/{self.ref.entry_id}/{self.file_name}|{self.identity}"
+        return f"{self.ref.prefix}{self.file_name}|{self.identity}"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from aiohttp import web
 from cachetools import LRUCache
 
 from ..cache.disk import DiskCache
-from ..cache.memory import MemoryCache
+from ..cache.memory import EntryKeys, MemoryCache
 from ..cache.singleflight import SingleFlight
 from ..config import Config
 from ..errors import BadRequest, Unprocessable
@@ -32,7 +32,7 @@ from ..media.clipindex import (ClipIndex, FlvTags, Layout, Literal, NotIndexable
 from ..media.probe import MediaKind
 from ..media.video import cut_clip
 from ..origins.base import EntryFile
-from ..refs import FileSelector
+from ..refs import FileSelector, Purged, entry_prefix
 from ..responses import TIER, cache_control, server_timing
 from ..urls import ClipRequest
 from ..workpool import WorkPool
@@ -57,10 +57,12 @@ class ClipService:
         self.config = config
         self._indexes: MemoryCache = MemoryCache(config.cache.clip_index_memory_bytes,
                                                  config.cache.clip_index_memory_bytes,
-                                                 size_of=lambda index: index.approx_bytes)
+                                                 size_of=lambda index: index.approx_bytes, entry_of=entry_prefix)
         self._layouts: MemoryCache = MemoryCache(config.cache.clip_index_memory_bytes // 4,
-                                                 config.cache.memory_item_bytes, size_of=lambda layout: _bytes(layout))
-        self._not_indexable: LRUCache[str, str] = LRUCache(maxsize=10_000)  # identity → why
+                                                 config.cache.memory_item_bytes, size_of=lambda layout: _bytes(layout),
+                                                 entry_of=entry_prefix)  # keys start with the file's owner
+        self._not_indexable: LRUCache[str, str] = LRUCache(maxsize=10_000)  # owner → why
+        self._not_indexable_keys = EntryKeys(self._not_indexable, entry_prefix)
         self._reading: SingleFlight = SingleFlight()
         self._building: SingleFlight = SingleFlight()
         self._cuts: SingleFlight = SingleFlight()
@@ -102,7 +104,8 @@ class ClipService:
                 try:
                     layout, tier = await self._layout(key, file, index, window, timings)
                 except NotIndexable as why:
-                    self._not_indexable[file.identity] = why.message
+                    self._not_indexable[file.owner] = why.message
+                    self._not_indexable_keys.added(file.owner)
                 else:
                     headers["X-Clip-Start-Ms"] = str(round(window.start_seconds * 1000))
                     return await self._answer(http_request, headers, timings, tier, key, file,
@@ -121,19 +124,26 @@ class ClipService:
     async def _index(self, file: EntryFile) -> ClipIndex | None:
         """The original's parsed index (read once per identity: the moov, or FLV tag headers), or None when the
         file cannot be clipped by index rewrite."""
-        if file.identity in self._not_indexable:
+        if file.owner in self._not_indexable:
             return None
-        index = self._indexes.get(file.identity)
+        index = self._indexes.get(file.owner)
         if index is None:
             try:
-                index = await self._reading.run(file.identity, lambda: self.sources.read(
+                index = await self._reading.run(file.owner, lambda: self.sources.read(
                     file, lambda opened: read_clip_index(opened, file.size)))
             except NotIndexable as why:
                 log.info("%s: clipped by remux (%s)", file.owner, why.message)
-                self._not_indexable[file.identity] = why.message
+                self._not_indexable[file.owner] = why.message
+                self._not_indexable_keys.added(file.owner)
                 return None
-            self._indexes.put(file.identity, index)
+            self._indexes.put(file.owner, index)
         return index
+
+    def forget_purged(self, purged: Purged) -> None:
+        """Drop the parsed indexes and clip layouts of purged entries (purge.py)."""
+        self._indexes.forget_purged(purged)
+        self._layouts.forget_purged(purged)
+        self._not_indexable_keys.forget(purged)
 
     async def _layout(self, key: str, file: EntryFile, index: ClipIndex, window,
                       timings: dict[str, float]) -> tuple[Layout, str]:

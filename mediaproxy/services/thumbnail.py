@@ -24,7 +24,7 @@ from PIL import Image
 from ..cache.results import Result, ResultCache
 from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
-from ..cache.memory import MemoryCache
+from ..cache.memory import EntryKeys, MemoryCache
 from ..media.animation import ANIMATED_SOURCES, within_budget
 from ..media.decode import JPEG_FORMATS, reduction
 from ..media.encode import ANIMATES
@@ -32,7 +32,7 @@ from ..media.probe import MediaInfo, MediaKind, has_alpha
 from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render,
                                derive_and_render, plan_for, render_decoded, render_image, render_video)
 from ..media.video import frame_times
-from ..refs import FileSelector
+from ..refs import FileSelector, Purged
 from ..responses import TIER, cache_control, not_modified, server_timing
 from ..urls import OutputFormat, ThumbnailRequest
 from ..workpool import WorkPool
@@ -48,7 +48,7 @@ class ThumbnailService:
     def __init__(self, sources: Sources, results: ResultCache, pool: WorkPool, config: Config,
                  decoded: MemoryCache) -> None:
         self.sources = sources
-        self.decoded = decoded  # decoded pictures of hot originals, by (identity, JPEG scale)
+        self.decoded = decoded  # decoded pictures of hot originals, by (owner, JPEG scale)
         self.results = results
         self.pool = pool
         self.config = config
@@ -56,6 +56,7 @@ class ThumbnailService:
         self.animation_pixels = config.thumbnail.animation_pixels if config.thumbnail.keep_animation else 0
         self._limits = RenderSettings(DEFAULT_QUALITY, config.limits.max_source_pixels, config.limits.max_output_pixels)
         self._prepared: LRUCache = LRUCache(maxsize=20_000)
+        self._prepared_keys = EntryKeys(self._prepared, lambda memo: memo[0].entry.prefix)
 
     async def handle(self, request: ThumbnailRequest, http_request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -68,10 +69,12 @@ class ThumbnailService:
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
             prepared = self._prepared[memo] = await self._prepare(request, source, negotiated)
+            self._prepared_keys.added(memo)
         origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.file.mtime):
             return web.Response(status=304, headers=prepared.headers)
-        result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared))
+        result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared),
+                                              owner=source.file.owner)
         http_request[TIER] = tier
         timings = {"origin": origin_ms, **(result.meta.get("timings", {}) if tier == "render" else {})}
         return web.Response(body=result.body, content_type=result.content_type,
@@ -101,6 +104,10 @@ class ThumbnailService:
         size = (media.width, media.height)
         return within_budget(media.frames, size, plan_for(request, size, self._limits).output_size,
                              self.animation_pixels)
+
+    def forget_purged(self, purged: Purged) -> None:
+        """Drop what this worker prepared for purged entries (their decoded pictures are the runtime's memory)."""
+        self._prepared_keys.forget(purged)
 
     async def _prepare(self, request: ThumbnailRequest, source: Source, negotiated: bool) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
@@ -145,14 +152,14 @@ class ThumbnailService:
                                                                   version=request.version))
 
     async def _render_image(self, request: ThumbnailRequest, source: Source, settings: RenderSettings) -> Rendered:
-        """Other sizes of a hot original skip the decode: decoded pictures are kept in memory by (identity, JPEG
-        scale). A picture kept at the scale this size needs gives the bytes a fresh decode gives; one kept at a
+        """Other sizes of a hot original skip the decode: decoded pictures are kept in memory by (file owner,
+        JPEG scale). A picture kept at the scale this size needs gives the bytes a fresh decode gives; one kept at a
         finer scale is reduced to it (and that kept too), within the bound of SPEC §2. An original asked again in
         more detail than kept is decoded at full scale (or the finest that may be kept), so that every later size
         of it derives from that one decode, whatever order the sizes come in."""
         if settings.animation_pixels:  # every frame, from the original
             return await self.pool.run(render_image, request, await self.sources.read_bytes(source.file), settings)
-        identity = source.file.identity
+        identity = source.file.owner  # the file and its identity: a purge of its entry drops them
         needed = _jpeg_scale(request, source.media, settings)
         for scale in reversed([scale for scale in _JPEG_SCALES if scale <= needed]):
             kept = self.decoded.get(("decoded", identity, scale))

@@ -11,18 +11,18 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import BinaryIO
 
 from cachetools import LRUCache, TTLCache
 
 from .. import metrics
 from ..cache.disk import DiskCache
-from ..cache.memory import MemoryCache
+from ..cache.memory import EntryKeys, MemoryCache
 from ..cache.singleflight import SingleFlight
 from ..errors import EntryNotFound, FlavorNotFound, NotFound, UpstreamFailed, UpstreamTimeout
 from ..origins.base import EntryFile, Origin, OriginalChanged, RangesIgnored, file_from_record, file_record
-from ..refs import EntryRef, FileSelector
+from ..refs import EntryRef, FileSelector, Purged
 from .reader import BlockReader
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,16 @@ class Store:
         self._missing: TTLCache[tuple[EntryRef, FileSelector], NotFound] = TTLCache(
             maxsize=100_000, ttl=self.not_found_seconds)
         self._last_known: LRUCache[tuple[EntryRef, FileSelector], EntryFile] = LRUCache(maxsize=100_000)
+        self._located_keys = EntryKeys(self._located, _entry_of_key)  # for purges (purge.py)
+        self._missing_keys = EntryKeys(self._missing, _entry_of_key)
+        self._last_known_keys = EntryKeys(self._last_known, _entry_of_key)
         self._locating: SingleFlight[EntryFile] = SingleFlight(orphan_grace=1.0)
         self._blocks: SingleFlight[bytes] = SingleFlight(orphan_grace=1.0)
         self._wholes: SingleFlight[None] = SingleFlight(orphan_grace=1.0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._closed = False
+        self.withheld: Mapping[EntryRef, str] = {}  # entries a notification deleted or blocked → why (purge.py)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -65,6 +69,9 @@ class Store:
 
     async def get(self, ref: EntryRef, selector: FileSelector = FileSelector()) -> EntryFile:
         """The selected file of an entry; asks the origin at most once per revalidation period."""
+        withheld = self.withheld.get(ref)
+        if withheld is not None:  # whatever the origin still holds (storage often lags behind a delete)
+            raise EntryNotFound(f"no entry {ref.entry_id} for partner {ref.partner_id} ({withheld})")
         if selector.version is not None:
             # a version is mostly a cache-buster: only one the manifest lists selects another file
             current = await self.get(ref, dataclasses.replace(selector, version=None))
@@ -81,6 +88,7 @@ class Store:
             file = await self._locating.run(key, lambda: self._locate(ref, selector))
         except (EntryNotFound, FlavorNotFound) as exc:
             self._missing[key] = exc
+            self._missing_keys.added(key)
             self._last_known.pop(key, None)
             raise
         except UpstreamFailed as exc:  # 502 / 504: serve what we had, if we had it (stale-if-error)
@@ -95,6 +103,8 @@ class Store:
             asyncio.get_running_loop().create_task(self.disk.drop_owned(previous.owner))  # its blocks are useless
         self._located[key] = file
         self._last_known[key] = file
+        self._located_keys.added(key)
+        self._last_known_keys.added(key)
         return file
 
     async def _locate(self, ref: EntryRef, selector: FileSelector) -> EntryFile:
@@ -137,11 +147,14 @@ class Store:
 
     async def forget(self, ref: EntryRef) -> None:
         """Drop what is known of an entry's files, here and in the node's index (they changed, or went)."""
-        for memo in (self._located, self._missing, self._last_known):
-            for key in [key for key in list(memo.keys()) if key[0] == ref]:
-                memo.pop(key, None)
+        self.forget_purged(Purged(frozenset({ref})))
         if self.origin.remote:
-            await self.disk.forget_located(f"{ref.partner_id}/{ref.entry_id}/")
+            await self.disk.forget_located(ref.prefix)
+
+    def forget_purged(self, purged: Purged) -> None:
+        """Drop this process's memories of which files purged entries mean (and that they have none)."""
+        for keys in (self._located_keys, self._missing_keys, self._last_known_keys):
+            keys.forget(purged)
 
     # ----------------------------------------------------------------------------------------------- its bytes
 
@@ -158,13 +171,13 @@ class Store:
 
     async def read_bytes(self, file: EntryFile) -> bytes:
         """The whole file (an image to decode), from memory when it is small and hot."""
-        body = self.memory.get(("original", file.identity))
+        body = self.memory.get(("original", file.owner))
         if body is None:
             if file.path is not None:
                 body = await asyncio.to_thread(_read_all, self.open, file)
             else:
                 body = b"".join([chunk async for chunk in self.stream(file, 0, file.size - 1)])
-            self.memory.put(("original", file.identity), body)
+            self.memory.put(("original", file.owner), body)
         return body
 
     async def stream(self, file: EntryFile, start: int, end: int) -> AsyncIterator[bytes]:
@@ -271,6 +284,10 @@ class Store:
 
     def _last_block(self, file: EntryFile) -> int:
         return max(0, (file.size - 1) // self.block_bytes)
+
+
+def _entry_of_key(key: tuple[EntryRef, FileSelector]) -> str:
+    return key[0].prefix
 
 
 def _shared_key(ref: EntryRef, selector: FileSelector) -> str:

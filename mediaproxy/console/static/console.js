@@ -171,6 +171,59 @@ function adopt(entry, button) {  // make `entry` the current one (a card of the 
   const clips = $('#services [data-service="flvclipper"]');
   clips.disabled = !mayBeVideo(entry);
   if (clips.disabled && state.service === "flvclipper") state.service = "thumbnail";
+  $("#purge-result").textContent = "";
+  showEntryState(entry);
+}
+
+// ------------------------------------------------------------------------------------------ notifications, purge
+
+async function showEntryState(entry) {  // the last notification received for the entry; the purge button
+  const asked = `${entry.partner_id}/${entry.entry_id}`;
+  let found;
+  try {
+    const query = `partner_id=${entry.partner_id}&entry_id=${encodeURIComponent(entry.entry_id)}`;
+    const response = await fetch(`/console/api/entry?${query}`, { cache: "no-store" });
+    if (!response.ok) return;
+    found = await response.json();
+  } catch (error) {
+    return;
+  }
+  if (!state.entry || `${state.entry.partner_id}/${state.entry.entry_id}` !== asked) return;  // another one since
+  const last = found.last_notification;
+  let text = last ? `last notification: ${last.type}, ${new Date(last.at * 1000).toLocaleString()}` :
+    "no notification received for this entry";
+  if (found.withheld) text += ` · answers 404 (${found.withheld})`;
+  $("#last-notification").textContent = text;
+  $("#purge").hidden = !found.can_purge;
+}
+
+async function purge() {
+  const entry = state.entry;
+  const button = $("#purge");
+  const result = $("#purge-result");
+  button.disabled = true;
+  result.textContent = "purging…";
+  try {
+    const response = await fetch("/console/api/purge", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ partner_id: entry.partner_id, entry_id: entry.entry_id }) });
+    if (!response.ok) {
+      result.textContent = `HTTP ${response.status}: ${(await response.text()).trim()}`;
+      return;
+    }
+    const done = await response.json();
+    const dropped = done.dropped.results + done.dropped.indexes + done.dropped.originals;
+    result.textContent = `purged: ${dropped} cached file${dropped === 1 ? "" : "s"} dropped, ${done.located} ` +
+      `origin answer${done.located === 1 ? "" : "s"} forgotten` +
+      (done.withheld_before ? `; served again (it had been ${done.withheld_before})` : "");
+    showEntryState(entry);
+    // the browser keeps the old answer for its max-age, as a CDN does: fetch it again before showing it
+    await fetch(currentUrl(), { cache: "reload" }).catch(() => null);
+    update();
+  } catch (error) {
+    result.textContent = `The purge failed: ${error.message}.`;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function showService(service) {
@@ -465,6 +518,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#controls").addEventListener("submit", (event) => event.preventDefault());
   for (const tab of $$("#services button")) tab.addEventListener("click", () => showService(tab.dataset.service));
   $("#copy-url").addEventListener("click", (event) => copyText($("#url").value, event.target));
+  $("#purge").addEventListener("click", purge);
   const url = $("#url");
   url.addEventListener("paste", () => scheduleReadLink(0));  // the field holds the pasted text right after
   url.addEventListener("input", () => scheduleReadLink(600));
