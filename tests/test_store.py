@@ -12,24 +12,28 @@ to ten minutes (~300 MB) with its moov at the end, like an upload straight from 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
+import sqlite3
 import subprocess
-import re
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+import av
 import pytest
 from PIL import Image
 
-from mediaproxy.app import make_app
+from mediaproxy.app import RUNTIME, make_app
+from mediaproxy.refs import EntryRef
+from mediaproxy.store.reader import BlockReader
 
 from .conftest import FIXTURE_MEDIA, cache_entries, free_port, make_config, require_tool, until
 from .test_resilience import Server, unlimited_session
@@ -47,11 +51,12 @@ def long_video(tmp_path_factory) -> Path:
     ffmpeg = require_tool("ffmpeg")
     folder = tmp_path_factory.mktemp("long-video")
     source, looped = folder / "ten-seconds.mp4", folder / "long.mp4"
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=640x360:rate=25,noise=alls=30:allf=t", "-f", "lavfi", "-i", "sine=frequency=441:sample_rate=44100", "-t", "10", "-c:v", "libx264",
-                    "-preset", "ultrafast", "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-b:v", "4M",
-                    "-maxrate", "4M", "-bufsize", "2M", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k",
-                    str(source)], check=True)
+    subprocess.run([ffmpeg, "-v", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25,noise=alls=30:allf=t",
+                    "-f", "lavfi", "-i", "sine=frequency=441:sample_rate=44100", "-t", "10",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-keyint_min", "50", "-sc_threshold", "0",
+                    "-b:v", "4M", "-maxrate", "4M", "-bufsize", "2M", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-b:a", "64k", str(source)], check=True)
     subprocess.run([ffmpeg, "-v", "error", "-y", "-stream_loop", "59", "-i", str(source), "-c", "copy",
                     str(looped)], check=True)
     source.unlink()
@@ -61,16 +66,24 @@ def long_video(tmp_path_factory) -> Path:
 
 def boxes(path: Path) -> dict[str, tuple[int, int]]:
     """Top-level MP4 boxes: type → (offset, size)."""
-    found, offset, end = {}, 0, path.stat().st_size
     with open(path, "rb") as file:
-        while offset < end:
-            file.seek(offset)
-            head = file.read(16)
-            size, kind = int.from_bytes(head[:4], "big"), head[4:8].decode("latin-1")
-            if size == 1:
-                size = int.from_bytes(head[8:16], "big")
-            found[kind] = (offset, size)
-            offset += size
+        return _boxes(file, path.stat().st_size)
+
+
+def boxes_of(data: bytes) -> dict[str, tuple[int, int]]:
+    return _boxes(io.BytesIO(data), len(data))
+
+
+def _boxes(file, end: int) -> dict[str, tuple[int, int]]:
+    found, offset = {}, 0
+    while offset < end:
+        file.seek(offset)
+        head = file.read(16)
+        size, kind = int.from_bytes(head[:4], "big"), head[4:8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(head[8:16], "big")
+        found[kind] = (offset, size)
+        offset += size
     return found
 
 
@@ -254,7 +267,7 @@ def random_32mb(tmp_path_factory) -> Path:
 async def test_raw_sends_its_first_byte_after_the_first_block_not_the_whole_file(serve, tmp_path, random_32mb):
     root = tmp_path / "upstream"
     link_entry(root, "0_bin", {"original.bin": random_32mb, "entry.json": b'{"original": "original.bin"}'})
-    slow = RangeNginx(root, tmp_path / "nginx", "limit_rate 4m;")  # per connection: 0.25 s a block
+    slow = RangeNginx(root, tmp_path / "nginx", "limit_rate 4m;")  # per connection: 1/4 s a block
     try:
         client = await serve(make_config(tmp_path, http_origin(slow.url)))
         loop = asyncio.get_running_loop()
@@ -270,7 +283,7 @@ async def test_raw_sends_its_first_byte_after_the_first_block_not_the_whole_file
         assert first + rest == random_32mb.read_bytes()
         print(f"first byte after {first_byte:.2f} s ({blocks_done} blocks sent), whole body after {whole:.2f} s")
         assert blocks_done <= 2  # its own block (and perhaps the next, read ahead): not the 32 of the file
-        assert first_byte < whole / 4
+        assert first_byte < whole / 3  # the whole body needs 32 blocks, fetched 4 at a time: about 2 s
         ranges = [line.range for line in slow.gets("/original.bin")]
         assert sorted(ranges) == sorted(block_ranges(0, 32 * MB, 32 * MB))  # each block once, by Range
     finally:
@@ -369,18 +382,18 @@ async def test_concurrent_cold_requests_on_two_workers_fetch_each_block_once(tmp
     ranges = [(150 * MB + 5, 151 * MB), (151 * MB - 7, 152 * MB + 3)]  # overlapping: block 151 is wanted twice
     async with servers(tmp_path, http_origin(upstream.url), workers=2) as (server,):
         urls = [(f"{server.url}/p/100/thumbnail/entry_id/0_long/vid_sec/{second}/width/160", None)
-                for second in (3, 100, 200, 300, 450)]
+                for second in (3, 150, 300, 450)]
         urls += [(f"{server.url}/p/100/raw/entry_id/0_long", {"Range": f"bytes={first}-{last}"})
                  for first, last in ranges]
         async with unlimited_session() as session:  # a connection per request: the kernel spreads them
-            answers = await asyncio.gather(*(fetch(session, url, headers) for url, headers in urls * 3))
+            answers = await asyncio.gather(*(fetch(session, url, headers) for url, headers in urls * 2))
         workers = answering_workers(server, "/0_long")
-    for (url, headers), (status, body) in zip(urls * 3, answers):
+    for (url, headers), (status, body) in zip(urls * 2, answers):
         assert status == 200 or headers and status == 206, (url, status, body[:200])
-    for index in range(len(urls)):  # the three answers to one URL are the same bytes
-        assert len({answers[index + len(urls) * copy][1] for copy in range(3)}) == 1
+    for index in range(len(urls)):  # the two answers to one URL are the same bytes
+        assert answers[index][1] == answers[index + len(urls)][1]
     with open(long_video, "rb") as original:
-        for (first, last), (_, body) in zip(ranges, answers[5:7]):
+        for (first, last), (_, body) in zip(ranges, answers[4:6]):
             original.seek(first)
             assert body == original.read(last - first + 1)
     assert len(workers) == 2, workers  # both workers took part
@@ -391,7 +404,7 @@ async def test_concurrent_cold_requests_on_two_workers_fetch_each_block_once(tmp
     heads = [line for line in upstream.requests("/0_long/original.mp4") if line.method == "HEAD"]
     assert len(heads) == 1 and len(upstream.gets("/0_long/entry.json")) == 1  # located once for the node
     fetched = upstream.sent("/0_long/original.mp4")
-    print(f"{len(urls) * 3} requests on {dict(workers)}: {len(gets)} blocks, {fetched / MB:.1f} MB "
+    print(f"{len(urls) * 2} requests on {dict(workers)}: {len(gets)} blocks, {fetched / MB:.1f} MB "
           f"({100 * fetched / size:.1f}% of {size / MB:.0f} MB)")
     assert fetched <= 0.06 * size
 
@@ -420,8 +433,6 @@ def cached_blocks(cache: Path) -> dict[str, list[int]]:
 
 def last_use(cache: Path, entry_id: str) -> float:
     """The latest `used` the node's index holds for the blocks of an entry (read as another process would)."""
-    import sqlite3
-
     names = [entry["path"].name for entry in cache_entries(cache)
              if entry["ns"] == "originals" and f"/{entry_id}/" in entry["key"]]
     with sqlite3.connect(f"file:{cache / 'index.sqlite'}?mode=ro", uri=True, timeout=10) as db:
@@ -517,15 +528,12 @@ async def test_the_originals_budget_holds_across_two_workers(tmp_path, upstream)
     async with servers(tmp_path, http_origin(upstream.url, block_bytes=262_144), f"originals_bytes = {budget}",
                        count=2) as pair:
         async with unlimited_session() as session:
-            for _ in range(2):  # every original from both workers at once, twice
-                requests = [(server, entry) for entry in bodies for server in pair]
-                answers = await asyncio.gather(*(fetch(session, f"{server.url}/p/100/raw/entry_id/{entry}")
-                                                 for server, entry in requests))
-                for (_, entry), (status, body) in zip(requests, answers):
-                    assert status == 200 and body == bodies[entry]
-                assert originals_on_disk(cache) <= budget
+            requests = [(server, entry) for entry in bodies for server in pair]  # every original from both at once
+            answers = await asyncio.gather(*(fetch(session, f"{server.url}/p/100/raw/entry_id/{entry}")
+                                             for server, entry in requests))
+            for (_, entry), (status, body) in zip(requests, answers):
+                assert status == 200 and body == bodies[entry]
     sizes = [entry["path"].stat().st_size for entry in cache_entries(cache) if entry["ns"] == "originals"]
-    import sqlite3
     with sqlite3.connect(cache / "index.sqlite") as db:
         total = db.execute("SELECT bytes FROM totals WHERE namespace = 'originals'").fetchone()[0]
     print(f"{len(upstream.gets('/original.bin'))} block fetches; {sum(sizes)} bytes in {len(sizes)} blocks on disk")
@@ -543,7 +551,8 @@ class PyUpstream:
     `files[path] = body`, served under `etags[path]` (change both to change the file): HEAD, GET, `Range` (206) and
     `If-Range` (a validator that no longer matches: the whole current file, 200), as object stores answer.
     `behave(method, path, range_header)` may return what to do instead: "drip" (the body, a byte every
-    `drip_seconds`), "500", "reset" (close after the headers), "truncated" (half the body, then close),
+    `drip_seconds`), "500", "reset" (close after the headers), "truncated" (half the body, then close), "stall"
+    (half the body, then nothing),
     "whole" (200 and the whole file: an upstream that ignores Range), or raw bytes to send as the answer
     (`list` of segments: each sent on its own, a pause between). Records every request (`log`), the connections
     of each path open now (`open`) and at most (`most`), and when each closed (`closed`, loop time).
@@ -641,7 +650,7 @@ class PyUpstream:
         part = body[first:last + 1]
         if behaviour == "reset":
             return
-        if behaviour == "truncated":
+        if behaviour in ("truncated", "stall"):
             part = part[:len(part) // 2]
         if behaviour == "drip":
             for offset in range(len(part)):
@@ -653,9 +662,8 @@ class PyUpstream:
             return
         writer.write(part)
         await writer.drain()
-        if behaviour == "truncated":
-            return
-        await asyncio.sleep(0)
+        while behaviour == "stall" and not self.stopping:
+            await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -676,19 +684,22 @@ def bin_files(entry: str, body: bytes) -> dict[str, bytes]:
 # =============================================================================================================
 
 
-async def test_a_dripping_entry_holds_only_its_share_and_lets_go_when_its_clients_leave(tmp_path):
-    """Against a real `mediaproxy serve` (aiohttp's test server cancels handlers when their client goes; the real
-    one does not, unless told)."""
-    import aiohttp
-
-    drip = PHOTO.read_bytes() + os.urandom(1_000_000)  # a JPEG to the probe (its first block), then 16 blocks
-    fine = os.urandom(200_000)
+async def test_dripping_entries_hold_only_their_share_and_let_go_when_their_clients_leave(tmp_path):
+    """Against a real `mediaproxy serve`: aiohttp's test server cancels a handler whose client goes, the real one
+    does not. First one dripping entry and its seven clients; then the issue's 70 dripping paths, scaled down: ten
+    entries, two clients each, for the worker's 8 connections."""
+    drip = PHOTO.read_bytes() + os.urandom(1_000_000)  # a JPEG to the probe (its first block), then 15 blocks
+    drips = {f"0_drip{index}": PHOTO.read_bytes() + os.urandom(400_000) for index in range(10)}
+    fine, cold = os.urandom(200_000), os.urandom(200_000)
+    files = {**bin_files("0_drip", drip), **bin_files("0_fine", fine), **bin_files("0_cold", cold)}
+    for entry, body in drips.items():
+        files.update(bin_files(entry, body))
     timeout = 1.0
     path = "100/0_drip/original.bin"
-    async with py_upstream({**bin_files("0_drip", drip), **bin_files("0_fine", fine)}) as upstream:
-        # every block past the first few drips, a byte every 0.2 s: never a time-out between bytes
-        upstream.behave = lambda method, asked_path, asked: "drip" if method == "GET" and asked_path == path \
-            and int(asked[6:].partition("-")[0]) >= 5 * 65_536 else None
+    async with py_upstream(files) as upstream:
+        # every block of a 0_drip* original past its first five drips, a byte every 0.2 s: never a time-out
+        upstream.behave = lambda method, asked_path, asked: "drip" if method == "GET" and "/0_drip" in asked_path \
+            and asked_path.endswith("/original.bin") and int(asked[6:].partition("-")[0]) >= 5 * 65_536 else None
         origin = http_origin(upstream.url, block_bytes=65_536, timeout_seconds=timeout, connections=8,
                              connections_per_entry=2)
         async with servers(tmp_path, origin) as (server,), unlimited_session() as session:
@@ -718,6 +729,27 @@ async def test_a_dripping_entry_holds_only_its_share_and_lets_go_when_its_client
             assert closed < timeout + 1.5
             await asyncio.gather(*ranged, streamed, return_exceptions=True)
 
+            leaving = aiohttp.ClientSession()
+            ranged = [asyncio.ensure_future(leaving.get(f"{server.url}/p/100/raw/entry_id/{entry}", headers={
+                "Range": f"bytes={n * 65_536}-{n * 65_536 + 9}"})) for entry in drips for n in (6, 7)]
+
+            def dripping() -> int:
+                return sum(upstream.open[f"100/{entry}/original.bin"] for entry in drips)
+
+            await until(lambda: dripping() == 8)  # every connection of the worker
+            async with session.get(f"{server.url}/healthz") as health:
+                assert health.status == 200 and (await health.json())["origin"]["reachable"]
+            assert await fetch(session, f"{server.url}/p/100/raw/entry_id/0_fine") == (200, fine)  # cached
+            during = await fetch(session, f"{server.url}/p/100/raw/entry_id/0_cold")  # waits for a connection
+            await leaving.close()
+            left = loop.time()
+            await until(lambda: dripping() == 0, timeout=timeout + 10)
+            print(f"a cold entry while ten dripped: {during[0]}; all let go {loop.time() - left:.2f} s after "
+                  f"their clients left")
+            assert loop.time() - left < timeout + 2
+            assert await fetch(session, f"{server.url}/p/100/raw/entry_id/0_cold") == (200, cold)
+            await asyncio.gather(*ranged, return_exceptions=True)
+
 
 async def test_a_dripping_entry_lets_go_when_request_seconds_is_over(serve, tmp_path):
     drip = PHOTO.read_bytes() + os.urandom(1_000_000)
@@ -727,7 +759,7 @@ async def test_a_dripping_entry_lets_go_when_request_seconds_is_over(serve, tmp_
             and int(asked[6:].partition("-")[0]) >= 5 * 65_536 else None
         client = await serve(make_config(tmp_path, http_origin(upstream.url, block_bytes=65_536,
                                                                timeout_seconds=timeout),
-                                         "[limits]\nrequest_seconds = 1.5"))
+                                         "[limits]\nrequest_seconds = 1"))
         answers = await asyncio.gather(*(client.get("/p/100/raw/entry_id/0_drip", headers={
             "Range": f"bytes={n * 65_536}-{n * 65_536 + 9}"}) for n in range(6, 9)))
         answered = asyncio.get_running_loop().time()
@@ -737,47 +769,6 @@ async def test_a_dripping_entry_lets_go_when_request_seconds_is_over(serve, tmp_
         assert closed < timeout + 1.5, closed
 
 
-async def test_more_dripping_entries_than_connections_let_go_when_their_clients_leave(tmp_path):
-    """The issue's 70 dripping paths, scaled down: ten entries, two clients each, 8 connections. While the clients
-    wait, the dripping fetches hold the worker's connections (another entry's cold fetch waits for one: see the
-    report) but /healthz answers; when they leave, every connection is let go and the other entry answers."""
-    import aiohttp
-
-    drips = {f"0_drip{index}": PHOTO.read_bytes() + os.urandom(400_000) for index in range(10)}
-    fine = os.urandom(200_000)
-    files = {**bin_files("0_fine", fine)}
-    for entry, body in drips.items():
-        files.update(bin_files(entry, body))
-    timeout = 1.0
-    async with py_upstream(files) as upstream:
-        upstream.behave = lambda method, asked_path, asked: "drip" if method == "GET" and "0_drip" in asked_path \
-            and asked_path.endswith("original.bin") and int(asked[6:].partition("-")[0]) >= 5 * 65_536 else None
-        origin = http_origin(upstream.url, block_bytes=65_536, timeout_seconds=timeout, connections=8,
-                             connections_per_entry=2)
-        async with servers(tmp_path, origin) as (server,), unlimited_session() as session:
-            loop = asyncio.get_running_loop()
-            leaving = aiohttp.ClientSession()
-            ranged = [asyncio.ensure_future(leaving.get(f"{server.url}/p/100/raw/entry_id/{entry}", headers={
-                "Range": f"bytes={n * 65_536}-{n * 65_536 + 9}"})) for entry in drips for n in (6, 7)]
-
-            def dripping() -> int:
-                return sum(upstream.open[f"100/{entry}/original.bin"] for entry in drips)
-
-            await until(lambda: dripping() == 8)  # every connection of the worker
-            for _ in range(3):
-                async with session.get(f"{server.url}/healthz") as health:
-                    assert health.status == 200 and (await health.json())["origin"]["reachable"]
-            during = await fetch(session, f"{server.url}/p/100/raw/entry_id/0_fine")
-            await leaving.close()
-            left = loop.time()
-            await until(lambda: dripping() == 0, timeout=timeout + 10)
-            print(f"another entry while they dripped: {during[0]}; all let go {loop.time() - left:.2f} s after "
-                  f"their clients left")
-            assert loop.time() - left < timeout + 2
-            assert await fetch(session, f"{server.url}/p/100/raw/entry_id/0_fine") == (200, fine)
-            await asyncio.gather(*ranged, return_exceptions=True)
-
-
 # =============================================================================================================
 # 7. an unknown entry: a bounded number of upstream requests, remembered for the node
 # =============================================================================================================
@@ -785,7 +776,7 @@ async def test_more_dripping_entries_than_connections_let_go_when_their_clients_
 
 async def test_an_unknown_entry_costs_a_bounded_number_of_requests_remembered_across_workers(tmp_path, upstream):
     extensions = ["mp4", "jpg", "png"]
-    not_found = 3.0
+    not_found = 1.5
     origin = http_origin(upstream.url, extensions=extensions, not_found_seconds=not_found)
     async with servers(tmp_path, origin, count=2) as (first, second), unlimited_session() as session:
         loop = asyncio.get_running_loop()
@@ -808,3 +799,428 @@ async def test_an_unknown_entry_costs_a_bounded_number_of_requests_remembered_ac
             await asyncio.sleep(0.05)  # polling
         assert loop.time() - before >= not_found - 0.1
         assert len(upstream.requests()) - seen == 1 + len(extensions)
+
+
+# =============================================================================================================
+# 8. entry.json read to its end, however it arrives
+# =============================================================================================================
+
+
+def segmented(body: bytes, *, chunked: bool = False, pieces: int = 5) -> list[bytes]:
+    """An entry.json answer cut into TCP segments sent apart (headers cut too), plainly sized or chunked."""
+    if chunked:
+        step = -(-len(body) // 3)
+        framed = b"".join(f"{len(body[i:i + step]):x}\r\n".encode() + body[i:i + step] + b"\r\n"
+                          for i in range(0, len(body), step)) + b"0\r\n\r\n"
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n" \
+               b"Connection: close\r\n\r\n"
+    else:
+        framed = body
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nContent-Type: application/json\r\n" \
+               f"Connection: close\r\n\r\n".encode()
+    whole = head + framed
+    step = -(-len(whole) // pieces)
+    return [whole[i:i + step] for i in range(0, len(whole), step)]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+async def test_an_entry_json_in_several_segments_is_read_whole(serve, tmp_path, chunked):
+    manifest = json.dumps({"original": "clip.jpg", "name": "Harbour at dusk", "thumb_offset": 1,
+                           "flavors": {f"0_f{index}": f"flavor{index}.mp4" for index in range(40)}}).encode()
+    files = {"100/0_seg/entry.json": manifest, "100/0_seg/clip.jpg": PHOTO.read_bytes()}
+    async with py_upstream(files) as upstream:
+        upstream.behave = lambda method, path, asked: segmented(manifest, chunked=chunked) \
+            if path.endswith("entry.json") else None
+        client = await serve(make_config(tmp_path, http_origin(upstream.url)))
+        response = await client.get("/p/100/raw/entry_id/0_seg")
+        assert response.status == 200, await response.text()
+        assert response.headers["Content-Disposition"] == 'attachment; filename="Harbour at dusk.jpg"'
+        assert await response.read() == PHOTO.read_bytes()  # the file entry.json names: it was parsed
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+async def test_an_entry_json_over_1_mb_is_too_large_not_invalid(serve, tmp_path, chunked):
+    manifest = json.dumps({"original": "clip.jpg", "name": "x" * 1_100_000}).encode()  # valid JSON, too big
+    async with py_upstream({"100/0_big/entry.json": manifest, "100/0_big/clip.jpg": PHOTO.read_bytes()}) as upstream:
+        upstream.behave = lambda method, path, asked: segmented(manifest, chunked=chunked, pieces=20) \
+            if path.endswith("entry.json") else None
+        client = await serve(make_config(tmp_path, http_origin(upstream.url)))
+        response = await client.get("/p/100/raw/entry_id/0_big")
+        text = await response.text()
+        assert response.status == 502 and response.headers["X-Kaltura"] == "error-5"
+        assert "too large" in text and "JSON" not in text, text
+        assert not upstream.gets("100/0_big/clip.jpg")
+
+
+# =============================================================================================================
+# 9. an original that changes between two blocks: one version per answer, never stitched
+# =============================================================================================================
+
+
+async def test_a_file_changed_at_nginx_is_noticed_by_if_range_and_never_stitched(serve, tmp_path, upstream):
+    old, new = os.urandom(8 * MB), os.urandom(8 * MB + 1000)
+    folder = link_entry(upstream.root, "0_chg", {"original.bin": old, "entry.json": b'{"original": "original.bin"}'})
+    client = await serve(make_config(tmp_path, http_origin(upstream.url, revalidate_seconds=600)))
+    response = await client.get("/p/100/raw/entry_id/0_chg", headers={"Range": "bytes=0-99"})
+    assert response.status == 206 and await response.read() == old[:100]
+    (folder / "original.tmp").write_bytes(new)  # replaced as uploads are: a new file renamed into place
+    os.replace(folder / "original.tmp", folder / "original.bin")
+    # still trusted as located (revalidate_seconds): the next block is asked If-Range the old ETag
+    changed = await client.get("/p/100/raw/entry_id/0_chg", headers={"Range": f"bytes={5 * MB}-{5 * MB + 99}"})
+    assert changed.status == 502 and changed.headers["X-Kaltura"] == "error-5"
+    # nginx: not that version any more, here is the whole new file (logged once nginx sees the store hang up)
+    await until(lambda: [line for line in upstream.gets("/0_chg/original.bin") if line.status == 200])
+    asked, = [line for line in upstream.gets("/0_chg/original.bin") if line.status == 200]
+    assert asked.if_range and asked.range == f"bytes={5 * MB}-{6 * MB - 1}"
+    print(f"the 200 nginx began with cost {asked.sent / MB:.1f} MB before the store closed it")
+    again = await client.get("/p/100/raw/entry_id/0_chg")
+    assert again.status == 200 and int(again.headers["Content-Length"]) == len(new)
+    assert await again.read() == new  # located again: the new file whole, nothing of the old one
+    assert all(f"|{asked.if_range}" not in entry["key"] for entry in cache_entries(tmp_path / "cache"))
+
+
+async def test_a_file_that_changes_mid_stream_cuts_the_answer_and_the_next_one_is_the_new_file(serve, tmp_path):
+    old = PHOTO.read_bytes() + os.urandom(1_000_000)  # probed from its first block (a JPEG header)
+    new = PHOTO.read_bytes() + os.urandom(1_000_000)
+    path = "100/0_chg/original.bin"
+    async with py_upstream(bin_files("0_chg", old)) as upstream:
+        def behave(method, asked_path, asked):
+            if asked_path == path and method == "GET" and int(asked[6:].partition("-")[0]) >= 8 * 65_536:
+                upstream.files[path], upstream.etags[path] = new, '"v2"'  # from the ninth block on
+            return None
+        upstream.behave = behave
+        client = await serve(make_config(tmp_path, http_origin(upstream.url, block_bytes=65_536,
+                                                               revalidate_seconds=600)))
+        response = await client.get("/p/100/raw/entry_id/0_chg")
+        assert response.status == 200 and int(response.headers["Content-Length"]) == len(old)
+        received = bytearray()
+        with pytest.raises(aiohttp.ClientPayloadError):  # cut: the status line was out, the rest is not this file
+            async for chunk in response.content.iter_any():
+                received += chunk
+        assert len(received) < len(old) and old.startswith(bytes(received))  # only the old version's bytes
+        assert any(if_range.startswith('"v1-') and status == 200 for _, _, _, if_range, status in upstream.gets(path))
+        again = await client.get("/p/100/raw/entry_id/0_chg")
+        assert again.status == 200 and await again.read() == new
+        await until(lambda: not [entry for entry in cache_entries(tmp_path / "cache") if "v1-" in entry["key"]])
+
+
+@pytest.fixture(scope="module")
+def short_video(long_video, tmp_path_factory) -> bytes:
+    """The first 30 s of the long video (~15 MB), moov at the end: small enough to serve from memory."""
+    path = tmp_path_factory.mktemp("short-video") / "short.mp4"
+    subprocess.run([require_tool("ffmpeg"), "-v", "error", "-y", "-i", str(long_video), "-t", "30", "-c", "copy",
+                    str(path)], check=True)
+    return path.read_bytes()
+
+
+async def test_a_video_that_changes_while_a_frame_is_grabbed_is_a_502_and_then_the_new_frame(serve, tmp_path,
+                                                                                           short_video):
+    path = "100/0_vid/original.mp4"
+    changed = short_video[:-16] + b"\0" * 16  # same size, other bytes (its moov's tail): another version
+    async with py_upstream({path: short_video}) as upstream:
+        def behave(method, asked_path, asked):
+            start = int(asked[6:].partition("-")[0]) if asked.startswith("bytes=") else 0
+            if asked_path == path and method == "GET" and 4 * MB <= start < len(short_video) - 2 * MB and \
+                    upstream.etags[path].startswith('"v1-'):
+                upstream.files[path], upstream.etags[path] = changed, '"v2"'  # under the frame grab's feet
+            return None
+        upstream.behave = behave
+        client = await serve(make_config(tmp_path, http_origin(upstream.url, revalidate_seconds=600)))
+        response = await client.get("/p/100/thumbnail/entry_id/0_vid/vid_sec/20/width/160")
+        assert response.status == 502, (response.status, await response.text())
+        assert response.headers["X-Kaltura"] == "error-5"
+        gop = upstream.gets(path)[-1]
+        assert gop[3].startswith('"v1-') and gop[4] == 200  # the GOP's block, asked If-Range the old version
+        upstream.files[path], upstream.etags[path] = short_video, '"v3"'  # a valid video again
+        response = await client.get("/p/100/thumbnail/entry_id/0_vid/vid_sec/20/width/160")
+        assert response.status == 200
+        decoded(await response.read())
+
+
+# =============================================================================================================
+# 10. a block fetch that fails: that request fails (502/504), nothing partial is kept, the next one fetches again
+# =============================================================================================================
+
+
+def assert_blocks_whole(cache: Path, original: bytes, block: int) -> int:
+    """Every block of the originals namespace on disk is the original's bytes at its place, whole; how many."""
+    count = 0
+    for entry in cache_entries(cache):
+        if entry["ns"] == "originals":
+            index = int(entry["key"].rpartition("|")[2])
+            body = entry["path"].read_bytes()[:entry["size"]]
+            assert body == original[index * block:(index + 1) * block], f"block {index} is not the original's"
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("fault, status", [("500", 502), ("reset", 502), ("truncated", 502), ("stall", 504)])
+async def test_a_failed_block_fetch_fails_that_request_keeps_nothing_and_is_fetched_again(serve, tmp_path,
+                                                                                        short_video, fault, status):
+    path, size = "100/0_vid/original.mp4", len(short_video)
+    moov_block = boxes_of(short_video)["moov"][0] // MB
+    failed: list[int] = []
+    armed = []
+    async with py_upstream({path: short_video}) as upstream:
+        def behave(method, asked_path, asked):
+            start = int(asked[6:].partition("-")[0]) if asked.startswith("bytes=") else -1
+            if armed and asked_path == path and start // MB not in (-1, 0, moov_block) and start not in failed:
+                armed.clear()  # the next block fetched (not the probe's first block or moov) fails, once
+                failed.append(start)
+                return fault
+            return None
+        upstream.behave = behave
+        client = await serve(make_config(tmp_path, http_origin(upstream.url, timeout_seconds=0.5)))
+        cache = tmp_path / "cache"
+
+        armed.append(True)  # a Range whose block fails: before the status line, a clean error
+        ranged = await client.get("/p/100/raw/entry_id/0_vid", headers={"Range": f"bytes={6 * MB + 5}-{6 * MB + 99}"})
+        assert ranged.status == status and ranged.headers["X-Kaltura"] == "error-5"
+        assert failed == [6 * MB]
+        armed.append(True)  # a block of the GOP a frame grab reads
+        thumbnail = await client.get("/p/100/thumbnail/entry_id/0_vid/vid_sec/20/width/160")
+        assert thumbnail.status == status and thumbnail.headers["X-Kaltura"] == "error-5"
+        assert len(failed) == 2
+        armed.append(True)  # a block in the middle of a stream: the status line is out, the body is cut short
+        whole = await client.get("/p/100/raw/entry_id/0_vid")
+        assert whole.status == 200
+        received = bytearray()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async for chunk in whole.content.iter_any():
+                received += chunk
+        assert len(received) < size and short_video.startswith(bytes(received))  # cut, never a short "whole"
+        assert len(failed) == 3
+        assert_blocks_whole(cache, short_video, MB)  # what is kept is whole; nothing of the failed fetches
+
+        ranged = await client.get("/p/100/raw/entry_id/0_vid", headers={"Range": f"bytes={6 * MB + 5}-{6 * MB + 99}"})
+        assert ranged.status == 206 and await ranged.read() == short_video[6 * MB + 5:6 * MB + 100]
+        thumbnail = await client.get("/p/100/thumbnail/entry_id/0_vid/vid_sec/20/width/160")
+        assert thumbnail.status == 200
+        decoded(await thumbnail.read())
+        whole = await client.get("/p/100/raw/entry_id/0_vid")
+        assert whole.status == 200 and await whole.read() == short_video
+        for start in failed:  # asked again after the fault
+            assert len([line for line in upstream.gets(path) if line[2].startswith(f"bytes={start}-")]) == 2
+        await until(lambda: assert_blocks_whole(cache, short_video, MB) == -(-size // MB))
+
+
+# =============================================================================================================
+# 11. a full disk: served without caching, reported by /healthz, logged once
+# =============================================================================================================
+
+
+@pytest.fixture
+def full_cache_disk(tmp_path: Path):
+    """A 4 MB tmpfs where the server's cache goes (tmp_path / "cache"); `fill()` leaves it no byte free."""
+    mount = tmp_path / "cache"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk test: {result.stderr.decode().strip()}")
+
+    def fill() -> None:
+        with open(mount / "filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65_536)
+                    filler.flush()
+            except OSError:
+                pass
+
+    yield fill
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_serves_everything_uncached_reports_degraded_and_logs_once(serve, tmp_path, nginx,
+                                                                                  full_cache_disk, caplog):
+    video = FIXTURE_MEDIA / "100/0_video/original.mp4"
+    client = await serve(make_config(tmp_path, http_origin(nginx.url)))
+    health = await (await client.get("/healthz")).json()
+    assert health["cache"] == {"status": "ok"}
+    full_cache_disk()
+    for round_ in range(3):
+        raw = await client.get("/p/100/raw/entry_id/0_photo")
+        assert raw.status == 200 and await raw.read() == PHOTO.read_bytes()
+        ranged = await client.get("/p/100/raw/entry_id/0_video", headers={"Range": "bytes=100-199"})
+        assert ranged.status == 206 and await ranged.read() == video.read_bytes()[100:200]
+        photo = await client.get(f"/p/100/thumbnail/entry_id/0_photo/width/{100 + round_}")
+        assert photo.status == 200 and decoded(await photo.read()).width == 100 + round_
+        frame = await client.get(f"/p/100/thumbnail/entry_id/0_video/vid_sec/{1 + round_}/width/80")
+        assert frame.status == 200 and decoded(await frame.read()).width == 80
+        clip = await client.get(f"/p/100/flvclipper/entry_id/0_video/clip_from/{1000 * round_}/clip_to/"
+                                f"{1000 * round_ + 2000}")
+        body = await clip.read()
+        assert clip.status == 200 and body[4:8] == b"ftyp" and len(body) == int(clip.headers["Content-Length"])
+    health = await client.get("/healthz")
+    report = await health.json()
+    assert health.status == 200 and report["cache"]["status"] == "degraded", report
+    assert "No space left" in report["cache"]["reason"] or "full" in report["cache"]["reason"], report
+    assert [entry for entry in cache_entries(tmp_path / "cache")] == []  # nothing was cached
+    assert [method for method, path, _ in nginx.requests() if path == "/100/0_photo/original.jpg"].count("GET") >= 3
+    warnings = [record for record in caplog.records if "serving without caching" in record.getMessage()]
+    assert len(warnings) == 1, [record.getMessage() for record in warnings]  # once, not per request
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+# =============================================================================================================
+# 12. an upstream that ignores Range: one whole read for the node, then the cache
+# =============================================================================================================
+
+
+async def test_an_upstream_that_ignores_range_is_read_whole_once_for_the_node(tmp_path, random_32mb):
+    root = tmp_path / "upstream"
+    link_entry(root, "0_bin", {"original.bin": random_32mb, "entry.json": b'{"original": "original.bin"}'})
+    body = random_32mb.read_bytes()
+    ignoring = RangeNginx(root, tmp_path / "nginx", "max_ranges 0;")  # 200 and the whole file to any Range
+    try:
+        async with servers(tmp_path, http_origin(ignoring.url), count=2) as pair, unlimited_session() as session:
+            ranges = [(0, 99), (20 * MB, 20 * MB + 99), (31 * MB, 32 * MB - 1)]
+            answers = await asyncio.gather(*(fetch(session, f"{server.url}/p/100/raw/entry_id/0_bin",
+                                                   {"Range": f"bytes={first}-{last}"})
+                                             for server in pair for first, last in ranges))
+            for (first, last), (status, answer) in zip(ranges * 2, answers):
+                assert status == 206 and answer == body[first:last + 1]
+            gets = ignoring.gets("/0_bin/original.bin")
+            whole = [line for line in gets if not line.range]
+            assert len(whole) == 1 and whole[0].status == 200 and whole[0].sent == len(body)  # one for the node
+            # each worker learns it from a Range answered 200, which it drops unread
+            assert all(line.status == 200 for line in gets)
+            dropped = [line for line in gets if line.range]
+            print(f"one whole read; {len(dropped)} Range requests answered whole and dropped, "
+                  f"{sum(line.sent for line in dropped) / MB:.1f} MB of them sent")
+            assert 1 <= len(dropped) <= 2 * 4
+            before = len(ignoring.requests())
+            for server in pair:
+                assert await fetch(session, f"{server.url}/p/100/raw/entry_id/0_bin") == (200, body)
+                status, answer = await fetch(session, f"{server.url}/p/100/raw/entry_id/0_bin",
+                                             {"Range": f"bytes={10 * MB}-{12 * MB}"})
+                assert status == 206 and answer == body[10 * MB:12 * MB + 1]
+            assert ignoring.requests()[before:] == []  # later requests: from the cache
+    finally:
+        ignoring.stop()
+
+
+# =============================================================================================================
+# 13. a remote original as a file object: its size without a fetch
+# =============================================================================================================
+
+
+def test_a_block_reader_knows_its_size_without_fetching():
+    data = os.urandom(300_000)
+    asked: list[int] = []
+
+    def block(index: int) -> bytes:
+        asked.append(index)
+        return data[index * 65_536:(index + 1) * 65_536]
+
+    reader = BlockReader(len(data), 65_536, block)
+    assert reader.seek(0, os.SEEK_END) == len(data) and reader.tell() == len(data)  # how FFmpeg asks for a size
+    assert reader.seek(-10, os.SEEK_END) == len(data) - 10 and reader.seek(5, os.SEEK_CUR) == len(data) - 5
+    assert reader.seekable() and reader.readable()
+    assert asked == []  # no block for any of that
+    assert reader.read(100) == data[-5:] and asked == [4]  # past the end: what there is
+    reader.seek(65_530)
+    assert reader.read(10) == data[65_530:65_540] and asked == [4, 0, 1]  # across a block boundary
+    reader.seek(65_536 + 7)
+    assert reader.read(3) == data[65_543:65_546] and asked == [4, 0, 1]  # the block read last is kept
+    reader.seek(0)
+    assert reader.read() == data
+
+
+async def test_pyav_opens_a_remote_original_reading_only_what_it_needs(serve, tmp_path, upstream, long_video):
+    """Through Store.open, as the services do (in a worker thread): the size comes from the store, not a fetch."""
+    size = long_video.stat().st_size
+    link_entry(upstream.root, "0_long", {"original.mp4": long_video})
+    client = await serve(make_config(tmp_path, http_origin(upstream.url)))
+    store = client.app[RUNTIME].store
+    file = await store.get(EntryRef(100, "0_long"))
+    assert file.size == size and file.path is None
+
+    def open_and_seek() -> tuple[int, int, float]:
+        with store.open(file) as opened:
+            at_end = opened.seek(0, os.SEEK_END)  # what FFmpeg's size query becomes
+            fetched_for_size = len(upstream.gets("/original.mp4"))
+            opened.seek(0)
+            with av.open(opened, options={"probesize": "32", "analyzeduration": "0"}) as container:
+                return at_end, fetched_for_size, float(container.duration / av.time_base)
+
+    at_end, fetched_for_size, duration = await asyncio.to_thread(open_and_seek)
+    assert at_end == size and fetched_for_size == 0
+    assert 599 < duration < 601
+    moov = boxes(long_video)["moov"]
+    assert sorted(line.range for line in upstream.gets("/original.mp4")) == sorted(
+        block_ranges(0, 1, size) + block_ranges(*moov, size))  # the first block and the moov: nothing else
+
+
+
+# =============================================================================================================
+# clips by index rewrite of a remote MP4: the moov and the clip's own byte range
+# =============================================================================================================
+
+
+async def test_a_clip_of_a_remote_mp4_reads_the_moov_and_its_own_range(serve, aiohttp_client, tmp_path, upstream,
+                                                                       long_video):
+    size = long_video.stat().st_size
+    link_entry(upstream.root, "0_long", {"original.mp4": long_video})
+    client = await serve(make_config(tmp_path, http_origin(upstream.url)))
+    local = await local_client(aiohttp_client, tmp_path, long_video)
+    path = "/p/100/flvclipper/entry_id/0_long/clip_from/300000/clip_to/310000"
+    response = await client.get(path)
+    assert response.status == 200, await response.text()
+    body = await response.read()
+    assert body == await (await local.get(path)).read()  # the same clip as cut from the file itself
+    assert body[4:8] == b"ftyp" and len(body) == int(response.headers["Content-Length"])
+    header = boxes_of(body)
+    clip_moov, clip_mdat = header["moov"][1], header["mdat"][1]
+    fetched = upstream.sent("/original.mp4")
+    moov = boxes(long_video)["moov"]
+    # what it costs: the first block and the moov (probing, and the index), the blocks of the clip's samples
+    ranges = Counter(line.range for line in upstream.gets("/original.mp4"))
+    assert max(ranges.values()) == 1
+    print(f"clip of 10 s: {len(body) / MB:.1f} MB ({clip_moov / 1000:.0f} KB moov); {fetched / MB:.1f} MB from "
+          f"upstream of {size / MB:.0f} MB")
+    assert fetched <= clip_mdat + moov[1] + 3 * BLOCK  # + the first block, and the two partial blocks at its ends
+    again = await client.get(path, headers={"Range": "bytes=1000-1999"})
+    assert again.status == 206 and await again.read() == body[1000:2000]
+    assert upstream.sent("/original.mp4") == fetched  # the layout is kept, the bytes are in the cache
+
+
+# =============================================================================================================
+# found, not fixed (see the commit and the report): strict xfails, so that a fix shows up as an XPASS
+# =============================================================================================================
+
+
+@pytest.mark.xfail(strict=True, reason="a frame grab waiting for a dripping block holds its work thread (up to the "
+                                       "block's deadline): cold requests of other entries, raw included (it probes), "
+                                       "wait in the work queue and get 503")
+async def test_a_dripping_video_does_not_hold_the_work_threads_other_entries_need(serve, tmp_path, short_video):
+    path = "100/0_vid/original.mp4"
+    moov_block = boxes_of(short_video)["moov"][0] // MB
+    async with py_upstream({path: short_video, **bin_files("0_fine", PHOTO.read_bytes())}) as upstream:
+        upstream.behave = lambda method, asked_path, asked: "drip" if asked_path == path and asked.startswith(
+            "bytes=") and 5 * MB <= int(asked[6:].partition("-")[0]) < moov_block * MB else None  # the GOPs drip
+        client = await serve(make_config(tmp_path, http_origin(upstream.url, deadline_seconds=20),
+                                         "[processing]\nthreads = 1\nqueue_timeout_seconds = 2"))
+        grab = asyncio.ensure_future(client.get("/p/100/thumbnail/entry_id/0_vid/vid_sec/20/width/100"))
+        await until(lambda: upstream.open[path] == 1, timeout=10)  # the grab waits for its GOP, in the thread
+        try:
+            response = await client.get("/p/100/raw/entry_id/0_fine")  # another entry, cold
+            assert response.status == 200
+        finally:
+            grab.cancel()
+
+
+@pytest.mark.xfail(strict=True, reason="with an upstream that ignores Range, the store reads the whole file into the "
+                                       "disk cache and then looks for the block there: a full disk (or a budget "
+                                       "smaller than the file) makes that a 502 instead of an uncached 200")
+async def test_a_full_disk_with_an_upstream_that_ignores_range_still_serves(serve, tmp_path, full_cache_disk):
+    root = tmp_path / "upstream"
+    link_entry(root, "0_photo", {"original.jpg": PHOTO})
+    ignoring = RangeNginx(root, tmp_path / "nginx", "max_ranges 0;")
+    try:
+        client = await serve(make_config(tmp_path, http_origin(ignoring.url)))
+        full_cache_disk()
+        response = await client.get("/p/100/raw/entry_id/0_photo")
+        assert response.status == 200 and await response.read() == PHOTO.read_bytes()
+    finally:
+        ignoring.stop()
