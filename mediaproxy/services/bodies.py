@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -24,7 +25,8 @@ from ..store import Store
 from ..urls import redact_ks
 
 log = logging.getLogger(__name__)
-
+T = TypeVar("T")
+_WATCH_SECONDS = 0.25  # how often a request waiting for upstream bytes looks whether its client is still there
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,39 @@ async def send(request: web.Request, store: Store, pieces: Sequence[Piece], head
     first_remote = next((piece for piece in body if isinstance(piece, FileRange) and piece.file.path is None), None)
     if first_remote is not None and request.method != "HEAD":
         # its first block before the status line: a dead upstream is a clean 502/504, not a cut 200
-        await store.block(first_remote.file, first_remote.start // store.block_bytes)
+        try:
+            await _while_connected(request, store.block(first_remote.file, first_remote.start // store.block_bytes))
+        except ConnectionResetError:
+            pass  # the client went away meanwhile: MediaBody.prepare finds it gone and sends nothing
     return MediaBody(status, headers, body, store)
+
+
+async def _while_connected(request: web.BaseRequest, work: Awaitable[T]) -> T:
+    """`work`'s result, or ConnectionResetError (`work` cancelled) as soon as the client's connection is gone.
+
+    The server does not cancel a handler whose client disconnects (aiohttp's default), so a request waiting for an
+    upstream block would keep its fetch (and an upstream connection) alive for nobody until the block came or its
+    deadline passed; watched here, the fetch is left to the store, which abandons it when nobody else waits."""
+    if _gone(request):  # gone already (while the original was located or probed): nothing is started for it
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise ConnectionResetError("the client went away")
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait([task], timeout=_WATCH_SECONDS)
+            if done:
+                return task.result()
+            if _gone(request):
+                raise ConnectionResetError("the client went away")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])  # ended before anyone touches what it was using (a stream's generator)
+
+
+def _gone(request: web.BaseRequest) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 class MediaBody(web.StreamResponse):
@@ -133,6 +166,8 @@ class MediaBody(web.StreamResponse):
         self._store = store
 
     async def prepare(self, request: web.BaseRequest):
+        if _gone(request):  # aiohttp would only find out at the first write, after fetching for nobody
+            raise ConnectionResetError("the client went away")
         writer = await super().prepare(request)
         if request.method == "HEAD":
             return writer
@@ -161,8 +196,16 @@ async def _send_piece(request: web.BaseRequest, response: web.StreamResponse, st
     elif piece.file.path is not None:
         await _sendfile(request, response, piece.file.path, piece.start, piece.length)
     else:
-        async for chunk in store.stream(piece.file, piece.start, piece.end):
-            await response.write(chunk)
+        chunks = store.stream(piece.file, piece.start, piece.end)
+        try:
+            while (chunk := await _while_connected(request, _next(chunks))) is not None:
+                await response.write(chunk)
+        finally:
+            await chunks.aclose()
+
+
+async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
+    return await anext(chunks, None)
 
 
 async def _sendfile(request: web.BaseRequest, response: web.StreamResponse, path: Path, start: int,
