@@ -69,7 +69,7 @@ class Runtime:
         self.origin = _make_origin(config)
         self.store = Store(self.origin, self.disk, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
                            not_found_seconds=config.origin.not_found_seconds, block_bytes=config.origin.block_bytes,
-                           wait_seconds=config.origin.deadline_seconds)
+                           wait_seconds=config.origin.deadline_seconds, timeout_seconds=config.origin.timeout_seconds)
         self.purges = Purges(self.disk, config.notifications.remember_seconds)
         self.store.withheld = self.purges.withheld
         self.access = AccessPolicy(config)

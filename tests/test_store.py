@@ -1186,13 +1186,10 @@ async def test_a_clip_of_a_remote_mp4_reads_the_moov_and_its_own_range(serve, ai
 
 
 # =============================================================================================================
-# found, not fixed (see the commit and the report): strict xfails, so that a fix shows up as an XPASS
+# a slow upstream and the work threads; a full disk and an upstream without Range
 # =============================================================================================================
 
 
-@pytest.mark.xfail(strict=True, reason="a frame grab waiting for a dripping block holds its work thread (up to the "
-                                       "block's deadline): cold requests of other entries, raw included (it probes), "
-                                       "wait in the work queue and get 503")
 async def test_a_dripping_video_does_not_hold_the_work_threads_other_entries_need(serve, tmp_path, short_video):
     path = "100/0_vid/original.mp4"
     moov_block = boxes_of(short_video)["moov"][0] // MB
@@ -1210,9 +1207,6 @@ async def test_a_dripping_video_does_not_hold_the_work_threads_other_entries_nee
             grab.cancel()
 
 
-@pytest.mark.xfail(strict=True, reason="with an upstream that ignores Range, the store reads the whole file into the "
-                                       "disk cache and then looks for the block there: a full disk (or a budget "
-                                       "smaller than the file) makes that a 502 instead of an uncached 200")
 async def test_a_full_disk_with_an_upstream_that_ignores_range_still_serves(serve, tmp_path, full_cache_disk):
     root = tmp_path / "upstream"
     link_entry(root, "0_photo", {"original.jpg": PHOTO})

@@ -23,6 +23,7 @@ from ..cache.singleflight import SingleFlight
 from ..errors import EntryNotFound, FlavorNotFound, NotFound, UpstreamFailed, UpstreamTimeout
 from ..origins.base import EntryFile, Origin, OriginalChanged, RangesIgnored, file_from_record, file_record
 from ..refs import EntryRef, FileSelector, Purged
+from ..workpool import waiting_for_io
 from .reader import BlockReader
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ _MISSING = {"entry": EntryNotFound, "flavor": FlavorNotFound}
 
 class Store:
     def __init__(self, origin: Origin, disk: DiskCache, memory: MemoryCache, *, revalidate_seconds: float,
-                 not_found_seconds: float, block_bytes: int, wait_seconds: float) -> None:
+                 not_found_seconds: float, block_bytes: int, wait_seconds: float, timeout_seconds: float) -> None:
         self.origin = origin
         self.disk = disk
         self.memory = memory  # hot small originals, whole
@@ -49,9 +50,11 @@ class Store:
         self._located_keys = EntryKeys(self._located, _entry_of_key)  # for purges (purge.py)
         self._missing_keys = EntryKeys(self._missing, _entry_of_key)
         self._last_known_keys = EntryKeys(self._last_known, _entry_of_key)
-        self._locating: SingleFlight[EntryFile] = SingleFlight(orphan_grace=1.0)
-        self._blocks: SingleFlight[bytes] = SingleFlight(orphan_grace=1.0)
-        self._wholes: SingleFlight[None] = SingleFlight(orphan_grace=1.0)
+        grace = min(1.0, timeout_seconds)  # a fetch nobody waits for any more is cancelled after this
+        self._locating: SingleFlight[EntryFile] = SingleFlight(orphan_grace=grace)
+        self._blocks: SingleFlight[bytes] = SingleFlight(orphan_grace=grace)
+        self._wholes: SingleFlight[dict[int, bytes]] = SingleFlight(orphan_grace=grace)
+        self._wanted: dict[str, set[int]] = {}  # blocks readers wait for while a file is read whole
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._closed = False
@@ -211,14 +214,15 @@ class Store:
             raise RuntimeError("remote originals are read from worker threads, never on the event loop")
         fetch = asyncio.run_coroutine_threadsafe(self.block(file, index), self._loop)
         give_up = time.monotonic() + 2 * self.wait_seconds + 5  # a fetch is bounded; so is waiting for one
-        while True:
-            try:
-                return fetch.result(timeout=0.25)
-            except concurrent.futures.TimeoutError:
-                if self._closed or time.monotonic() > give_up:
-                    fetch.cancel()
-                    raise UpstreamTimeout("the original could not be read in time (shutting down, or the "
-                                          "upstream is too slow)") from None
+        with waiting_for_io():  # this job's CPU slot serves another meanwhile
+            while True:
+                try:
+                    return fetch.result(timeout=0.25)
+                except concurrent.futures.TimeoutError:
+                    if self._closed or time.monotonic() > give_up:
+                        fetch.cancel()
+                        raise UpstreamTimeout("the original could not be read in time (shutting down, or the "
+                                              "upstream is too slow)") from None
 
     async def _fetch_block(self, file: EntryFile, index: int, key: str) -> bytes:
         length = self._block_length(file, index)
@@ -234,7 +238,7 @@ class Store:
             try:
                 body = await self.origin.read_range(file, start, start + length - 1)
             except RangesIgnored:
-                return await self._block_of_whole(file, key, length)
+                return await self._block_of_whole(file, index, key, length)
             except OriginalChanged:
                 await self.forget(file.ref)
                 await self.disk.drop_owned(file.owner)
@@ -251,30 +255,42 @@ class Store:
         metrics.CACHE.labels("disk", "hit").inc()
         return blob.body
 
-    async def _block_of_whole(self, file: EntryFile, key: str, length: int) -> bytes:
-        """The upstream ignores Range: the file is read once whole (for the node), cut into blocks as it comes."""
-        await self._wholes.run(file.owner, lambda: self._fetch_whole(file))
+    async def _block_of_whole(self, file: EntryFile, index: int, key: str, length: int) -> bytes:
+        """The upstream ignores Range: the file is read once whole (for the node), cut into blocks as it comes.
+        The blocks the readers waiting meanwhile asked for are handed to them from memory (the disk may refuse
+        them: full, or a budget smaller than the file)."""
+        wanted = self._wanted.setdefault(file.owner, set())
+        wanted.add(index)
+        handed = await self._wholes.run(file.owner, lambda: self._fetch_whole(file, wanted))
+        if index in handed:
+            return handed[index]
         cached = await self._cached_block(key, length)
         if cached is None:
-            raise UpstreamFailed("the upstream does not answer Range requests and the disk cache cannot hold "
-                                 "the whole original")
+            raise UpstreamFailed("the upstream does not answer Range requests and the block was not kept")
         return cached
 
-    async def _fetch_whole(self, file: EntryFile) -> None:
+    async def _fetch_whole(self, file: EntryFile, wanted: set[int]) -> dict[int, bytes]:
         last = self._last_block(file)
-        async with self.disk.exclusive("whole|" + file.owner, self.wait_seconds):
-            if await self._cached_block(self._block_key(file, last), self._block_length(file, last)) is not None:
-                return  # another worker read it whole while this one waited (its last block is written last)
-            pending, index = bytearray(), 0
-            async for chunk in self.origin.read_whole(file):
-                pending += chunk
-                while index <= last and len(pending) >= self._block_length(file, index):
-                    length = self._block_length(file, index)
-                    await self.disk.write("originals", [(self._block_key(file, index), bytes(pending[:length]), {})],
-                                          owner=file.owner)
-                    del pending[:length]
-                    index += 1
-            metrics.CACHE.labels("origin", "fetched").inc()
+        handed: dict[int, bytes] = {}
+        try:
+            async with self.disk.exclusive("whole|" + file.owner, self.wait_seconds):
+                if await self._cached_block(self._block_key(file, last), self._block_length(file, last)) is not None:
+                    return handed  # another worker read it whole while this one waited (its last block goes last)
+                pending, index = bytearray(), 0
+                async for chunk in self.origin.read_whole(file):
+                    pending += chunk
+                    while index <= last and len(pending) >= self._block_length(file, index):
+                        body = bytes(pending[:self._block_length(file, index)])
+                        del pending[:len(body)]
+                        if index in wanted:
+                            handed[index] = body
+                        await self.disk.write("originals", [(self._block_key(file, index), body, {})],
+                                              owner=file.owner)
+                        index += 1
+                metrics.CACHE.labels("origin", "fetched").inc()
+                return handed
+        finally:
+            self._wanted.pop(file.owner, None)
 
     def _block_key(self, file: EntryFile, index: int) -> str:
         return f"{file.owner}|{self.block_bytes}|{index}"
