@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from . import __version__, metrics, urls
 from .access import AccessPolicy
+from .answers import HotAnswers
 from .cache.disk import DiskCache
 from .cache.memory import MemoryCache
 from .config import Config
@@ -30,7 +31,7 @@ from .notifications import NotificationEndpoints
 from .origins.local import LocalOrigin
 from .purge import Purges
 from .refs import entry_prefix
-from .responses import CORS_HEADERS, ENTRY, PREFLIGHT_HEADERS, PRIVATE, SERVICE, STARTED, TIER, error_response
+from .responses import CORS_HEADERS, ENTRY, HOT, PREFLIGHT_HEADERS, PRIVATE, SERVICE, STARTED, TIER, error_response
 from .cache.results import ResultCache
 from .services.flvclipper import ClipService
 from .services.raw import RawService
@@ -80,7 +81,8 @@ class Runtime:
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
             "flvclipper": ClipService(self.sources, self.disk, self.pool, config),
         }
-        self.purges.register(self.store, self.sources, self.results, self.services["thumbnail"],
+        self.answers = HotAnswers(min(1.0, config.origin.revalidate_seconds))
+        self.purges.register(self.answers, self.store, self.sources, self.results, self.services["thumbnail"],
                              self.services["flvclipper"], self.memory, self.decoded)
         self.notifications = NotificationEndpoints(config, self.purges, self.access)
 
@@ -154,7 +156,22 @@ def make_app(config: Config) -> web.Application:
     if config.console.enabled:
         add_console(app, config, runtime.origin, runtime.sources, runtime.purges)
     app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch)  # any path, even one with an encoded line feed
+    app._handle = functools.partial(_hot_or_routed, runtime, app._handle)  # see _hot_or_routed
     return app
+
+
+async def _hot_or_routed(runtime: Runtime, routed, request: web.Request) -> web.StreamResponse:
+    """The answer kept for a hot URL (answers.py) before routing, middlewares and signals (aiohttp's handler of
+    the app, replaced here: those cost as much as the whole answer); everything else as routed."""
+    if request.method == "GET" or request.method == "HEAD":
+        await runtime.purges.catch_up()
+        hot = runtime.answers.get(request, request.raw_path)
+        if hot is not None:
+            request[STARTED] = time.perf_counter()
+            metrics.child(metrics.CACHE, "memory", "hit").inc()
+            request[SERVICE], request[ENTRY], request[TIER], request[HOT] = "thumbnail", hot.entry, "memory", True
+            return hot.response(request)
+    return await routed(request)
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
@@ -164,6 +181,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
     target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
+    await runtime.purges.catch_up()  # what another worker purged is dropped here too (one memory read if nothing)
     reading = urls.parse_target(target, runtime.config.defaults.partner_id)  # the KS beside the request, never in it
     parsed = reading.request
     request[SERVICE] = parsed.service
@@ -172,13 +190,15 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
                                  reading.ks or request.headers.get("X-Kaltura-Ks"), path=request.path,
                                  remote=request.remote, forwarded_for=request.headers.get("X-Forwarded-For"))
     request[PRIVATE] = grant.private
-    await runtime.purges.catch_up()  # what another worker purged is dropped here too (one memory read if nothing)
     limit = runtime.config.limits.request_seconds
     try:
         async with asyncio.timeout(limit if limit > 0 else None):
-            return await runtime.services[parsed.service].handle(parsed, request)
+            response = await runtime.services[parsed.service].handle(parsed, request)
     except TimeoutError:
         raise ProcessingTimeout(f"the answer took longer than {limit:g} s") from None
+    if parsed.service == "thumbnail":
+        runtime.answers.remember(request, target, parsed.entry, response, shared=not grant.private)
+    return response
 
 
 @web.middleware
@@ -218,6 +238,9 @@ class _Request(web.Request):
     """
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        if self.get(HOT):  # a hot answer: never routed, but ours
+            await _finish_response(self, response)
+            return
         if self._match_info is None and isinstance(response, web.Response):  # never routed: aiohttp's own answer
             _as_spec_error(response)
             await _finish_response(self, response)
@@ -272,9 +295,9 @@ async def _finish_response(request: web.Request, response: web.StreamResponse) -
     if request.get(PRIVATE) and "Cache-Control" in response.headers:  # shown to one KS holder: no shared cache
         response.headers["Cache-Control"] = response.headers["Cache-Control"].replace("public", "private")
     service = request.get(SERVICE, "other")
-    metrics.REQUESTS.labels(service, str(response.status)).inc()
+    metrics.child(metrics.REQUESTS, service, str(response.status)).inc()
     if STARTED in request:
-        metrics.LATENCY.labels(service).observe(time.perf_counter() - request[STARTED])
+        metrics.child(metrics.LATENCY, service).observe(time.perf_counter() - request[STARTED])
 
 
 async def _health(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ there and `/metrics` on any worker reports the sum; a single process keeps them 
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -32,6 +33,13 @@ NOTIFICATIONS = Counter("mediaproxy_notifications_total", "Kaltura notifications
 PURGES = Counter("mediaproxy_purges_total", "Entries purged from the node's caches, by who asked (notification, "
                  "operator, console)", ["source"])
 WORKER_RESTARTS = Counter("mediaproxy_worker_restarts_total", "Workers restarted by the supervisor")
+
+
+@functools.cache
+def child(metric, *labels: str):
+    """A labelled child of a metric, made once (`metric.labels(...)` costs a lock and a lookup on every call, and
+    hot requests count three of them)."""
+    return metric.labels(*labels)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -16,7 +16,8 @@ SERVICE = web.RequestKey("service", str)
 ENTRY = web.RequestKey("entry", EntryRef)
 TIER = web.RequestKey("tier", str)  # where the answer came from: memory, disk, render, file
 STARTED = web.RequestKey("started", float)
-PRIVATE = web.RequestKey("private", bool)  # answered for one KS holder: Cache-Control private
+PRIVATE = web.RequestKey("private", bool)
+HOT = web.RequestKey("hot", bool)  # answered from the hot answers, before routing  # answered for one KS holder: Cache-Control private
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",

@@ -43,9 +43,9 @@ class ResultCache:
         """(the result, where it came from: "memory", "disk" or "render"); `owner`: its source file's owner."""
         result = self.memory.get(("result", owner, key))
         if result is not None:
-            metrics.CACHE.labels("memory", "hit").inc()
+            metrics.child(metrics.CACHE, "memory", "hit").inc()
             return result, "memory"
-        metrics.CACHE.labels("memory", "miss").inc()
+        metrics.child(metrics.CACHE, "memory", "miss").inc()
         return await self._flights.run(key, lambda: self._load_or_make(key, make, owner, persist))
 
     async def _load_or_make(self, key: str, make: Callable[[], Awaitable[Result]], owner: str,

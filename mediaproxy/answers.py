@@ -1,0 +1,82 @@
+"""Hot answers: the last public thumbnail answers to exact request targets, kept for a moment, so that a hot URL —
+what a CDN origin and a busy page see most — skips parsing, the access check, the store, the result cache and
+the timer, and is answered from one lookup.
+
+Only what may be shared is kept: a 200 of the thumbnail service that needed no KS (an answer that needed one is
+private and never kept, so a request without it still meets the access check). An answer that varies on Accept
+(`format/auto`) is kept per Accept string. Entries live at most `ttl` seconds (a second, and never longer than
+`revalidate_seconds`: a changed original is not noticed later than without them), and all go at a purge.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from cachetools import LRUCache
+
+from .refs import EntryRef, Purged
+from .responses import not_modified
+
+_MAX_ENTRIES = 20_000
+_MAX_BODY = 256 * 1024
+_VARIES = object()  # under (target, None): the answers of this target are kept per Accept
+
+
+@dataclass(frozen=True, slots=True)
+class HotAnswer:
+    entry: EntryRef
+    body: bytes
+    headers: dict[str, str]  # as the service answered, with Server-Timing saying where this one comes from
+    etag: str
+    last_modified: float
+    expires: float  # time.monotonic()
+
+    def response(self, request: web.Request) -> web.Response:
+        conditional = "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
+        if conditional and not_modified(request, self.etag, self.last_modified):
+            return web.Response(status=304, headers=self.headers)
+        return web.Response(body=self.body, headers=self.headers)
+
+
+class HotAnswers:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._answers: LRUCache = LRUCache(maxsize=_MAX_ENTRIES)
+
+    def get(self, request: web.Request, target: str) -> HotAnswer | None:
+        """The answer kept for this request, if it is fresh and the request asks nothing it cannot say (a range, a
+        date-conditional request)."""
+        if not self.ttl or "Range" in request.headers or "If-Modified-Since" in request.headers:
+            return None
+        found = self._answers.get((target, None))
+        if found is _VARIES:
+            found = self._answers.get((target, request.headers.get("Accept", "")))
+        if found is None or found.expires < time.monotonic():
+            return None
+        return found
+
+    def remember(self, request: web.Request, target: str, entry: EntryRef, response: web.StreamResponse,
+                 shared: bool) -> None:
+        """Keep a thumbnail answer that any client asking this target may get."""
+        if (not self.ttl or not shared or response.status != 200 or not isinstance(response, web.Response)
+                or request.method != "GET" or "Range" in request.headers):
+            return
+        body = response.body
+        if not isinstance(body, bytes) or len(body) > _MAX_BODY:
+            return
+        headers = {name: value for name, value in response.headers.items() if name != "Server-Timing"}
+        headers["Server-Timing"] = "cache;desc=memory"
+        last_modified = response.last_modified
+        answer = HotAnswer(entry, body, headers, headers.get("ETag", ""),
+                           last_modified.timestamp() if last_modified else 0.0, time.monotonic() + self.ttl)
+        if "Accept" in headers.get("Vary", ""):
+            self._answers[(target, None)] = _VARIES
+            self._answers[(target, request.headers.get("Accept", ""))] = answer
+        else:
+            self._answers[(target, None)] = answer
+
+    def forget_purged(self, purged: Purged) -> None:
+        """A purge drops every hot answer: they live a second, purges are rare."""
+        self._answers.clear()
