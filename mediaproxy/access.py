@@ -22,29 +22,9 @@ from urllib.parse import parse_qsl, urlencode
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .config import Config
-from .errors import Forbidden
+from .errors import BadKs, ExpiredKs, Forbidden, IpRestricted, WrongPartnerKs
 
 ADMIN = 2  # KS type: 0 user, 2 admin (Kaltura's SessionType)
-
-
-class BadKs(Forbidden):
-    kaltura_code = 7
-    kaltura_description = "INVALID_KS"
-
-
-class ExpiredKs(Forbidden):
-    kaltura_code = 31
-    kaltura_description = "EXPIRED_KS"
-
-
-class WrongPartnerKs(Forbidden):
-    kaltura_code = 32
-    kaltura_description = "INVALID_KS_PARTNER"
-
-
-class IpRestricted(Forbidden):
-    kaltura_code = 34
-    kaltura_description = "IP_RESTRICTED"
 
 
 @dataclass(frozen=True)

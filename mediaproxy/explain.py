@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
 from . import urls
-from .access import AccessPolicy, BadKs, ks_shape, parse_ks
+from .access import AccessPolicy, ks_shape, parse_ks
 from .config import Config
-from .errors import MediaProxyError
+from .errors import BadKs, MediaProxyError
 from .urls import ClipRequest, Note, NoteKind, Parameter, ResizeMode, Route, ServiceRequest, ThumbnailRequest
 
 # what a browser leaves as it is in a path and query (everything else, such as spaces and non-ASCII, it encodes)
