@@ -276,7 +276,7 @@ def memory(workdir: Path, seconds: float) -> list[Row]:
     (folder / "original.jpg").write_bytes(photo_like_jpeg(4000, 3000, quality=90))
     cache_mb = 256
     with Mediaproxy(workdir / "mediaproxy", origin,
-                    environment={"MEDIAPROXY_CACHE_MEMORY_BYTES": str(cache_mb * 1_000_000)}) as server:
+                    environment={"MEDIAPROXY_CACHE_RESULTS_MEMORY_BYTES": str(cache_mb * 1_000_000)}) as server:
         wait_for(f"{server.url}/healthz")
         workers = children(server.process.pid) or [server.process.pid]
         idle = max(peak_rss_mb(workers).values())

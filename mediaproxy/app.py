@@ -60,22 +60,25 @@ class Runtime:
         cache = config.cache
         self.disk = DiskCache(cache.dir, {"originals": cache.originals_bytes, "results": cache.results_bytes,
                                           "indexes": cache.index_bytes})
-        self.memory: MemoryCache = MemoryCache(config.cache.memory_bytes, config.cache.memory_item_bytes,
-                                               size_of=_memory_size, entry_of=_entry_of_owner_key)
+        self.hot_originals: MemoryCache[bytes] = MemoryCache(
+            cache.originals_memory_bytes, cache.memory_item_bytes, entry_of=entry_prefix)  # by owner
+        self.result_memory: MemoryCache[Result] = MemoryCache(
+            cache.results_memory_bytes, cache.memory_item_bytes, size_of=lambda result: result.size,
+            entry_of=lambda key: entry_prefix(key[0]))  # by (owner, key)
         self.decoded: MemoryCache = MemoryCache(config.cache.decoded_bytes, config.cache.memory_item_bytes,
                                                 size_of=_picture_size, entry_of=_entry_of_owner_key)
         processing = config.processing
         self.pool = WorkPool(config.thread_count, processing.queue, queue_timeout=processing.queue_timeout_seconds,
                              name="images")
         self.origin = _make_origin(config)
-        self.store = Store(self.origin, self.disk, self.memory, revalidate_seconds=config.origin.revalidate_seconds,
+        self.store = Store(self.origin, self.disk, self.hot_originals, revalidate_seconds=config.origin.revalidate_seconds,
                            not_found_seconds=config.origin.not_found_seconds, block_bytes=config.origin.block_bytes,
                            wait_seconds=config.origin.deadline_seconds, timeout_seconds=config.origin.timeout_seconds)
         self.purges = Purges(self.disk, config.notifications.remember_seconds)
         self.store.withheld = self.purges.withheld
         self.access = AccessPolicy(config)
         self.sources = Sources(self.store, self.pool, config.limits.max_source_pixels)
-        self.results = ResultCache(self.memory, self.disk)
+        self.results = ResultCache(self.result_memory, self.disk)
         self.services = {
             "raw": RawService(self.sources, config),
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
@@ -83,7 +86,7 @@ class Runtime:
         }
         self.answers = HotAnswers(min(1.0, config.origin.revalidate_seconds))
         self.purges.register(self.answers, self.store, self.sources, self.results, self.services["thumbnail"],
-                             self.services["flvclipper"], self.memory, self.decoded)
+                             self.services["flvclipper"], self.hot_originals, self.result_memory, self.decoded)
         self.notifications = NotificationEndpoints(config, self.purges, self.access)
 
     async def start(self) -> None:
@@ -107,17 +110,15 @@ class Runtime:
         self.pool.close()
 
 
-def _memory_size(value) -> int:
-    return len(value) if isinstance(value, (bytes, bytearray)) else value.size
-
-
 def _entry_of_owner_key(key: tuple) -> str:
-    """("original" | "result" | "decoded", owner, ...) → the owner's entry."""
+    """("decoded", owner, scale) → the owner's entry."""
     return entry_prefix(key[1])
 
 
 def _picture_size(decoded) -> int:
-    return decoded.image.width * decoded.image.height * len(decoded.image.getbands())
+    """Bytes a decoded picture holds: Pillow stores RGB (and RGBA, CMYK) pixels in 4 bytes, L and P in 1."""
+    image = decoded.image
+    return image.width * image.height * (1 if image.mode in ("1", "L", "P") else 2 if image.mode == "LA" else 4)
 
 
 def _make_origin(config: Config) -> Origin:

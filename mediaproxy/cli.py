@@ -240,9 +240,7 @@ def run_worker(config: Config, *, reuse_port: bool, parent: int | None = None) -
     if parent is not None:
         app.on_startup.append(lambda app: _exit_with_parent(app, parent))
     access_log = logging.getLogger("mediaproxy.access") if config.server.access_log else None
-    # handler_cancellation: a client that goes away cancels its request's handler (fetches nobody waits for stop)
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port, print=None,
-                handler_cancellation=True,
                 access_log_class=AccessLogger, access_log=access_log, shutdown_timeout=config.server.shutdown_seconds)
 
 

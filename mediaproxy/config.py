@@ -66,8 +66,9 @@ class CacheConfig:
     originals_bytes: int = 10_000_000_000  # blocks of http originals
     results_bytes: int = 2_000_000_000  # rendered thumbnails, remuxed clips
     index_bytes: int = 200_000_000  # built clip indexes
-    memory_bytes: int = 256_000_000
-    memory_item_bytes: int = 8_000_000  # larger originals, results and decoded pictures are never held in memory
+    results_memory_bytes: int = 192_000_000  # rendered thumbnails kept in each worker's memory
+    originals_memory_bytes: int = 64_000_000  # hot small originals (images to decode) kept in each worker's memory
+    memory_item_bytes: int = 12_000_000  # larger originals, results and decoded pictures are never held in memory
     decoded_bytes: int = 128_000_000  # decoded pictures of hot originals (other sizes skip decoding); 0 = none
     clip_index_memory_bytes: int = 64_000_000  # parsed indexes of videos that are clipped, per worker
 
@@ -243,6 +244,9 @@ def _build_section(cls: type, table: dict, where: str, base_dir: Path):
             if (where, key) == ("cache", "disk_bytes"):
                 raise ConfigError("[cache] disk_bytes is now split: originals_bytes (blocks of http originals), "
                                   "results_bytes (thumbnails, clips) and index_bytes (clip indexes)")
+            if (where, key) == ("cache", "memory_bytes"):
+                raise ConfigError("[cache] memory_bytes is now split: results_memory_bytes (rendered thumbnails) and "
+                                  "originals_memory_bytes (hot small originals)")
             if (where, key) == ("processing", "clip_processes"):
                 raise ConfigError("[processing] clip_processes is gone: clips are cut by rewriting their index "
                                   "(no process needed); the remux fallback runs on the work threads")
@@ -366,7 +370,8 @@ def _check(config: Config) -> None:
         raise ConfigError("[origin] block_bytes must be at least 4096")
     if origin.deadline_seconds <= 0 or origin.connections < 1 or origin.connections_per_entry < 1:
         raise ConfigError("[origin] deadline_seconds, connections and connections_per_entry must be above 0")
-    for name in ("originals_bytes", "results_bytes", "index_bytes", "memory_bytes", "memory_item_bytes",
+    for name in ("originals_bytes", "results_bytes", "index_bytes", "results_memory_bytes", "originals_memory_bytes",
+                 "memory_item_bytes",
                  "decoded_bytes", "clip_index_memory_bytes"):
         if getattr(config.cache, name) < 0:
             raise ConfigError(f"[cache] {name} must be 0 or more")

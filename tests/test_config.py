@@ -69,13 +69,13 @@ def test_environment_overrides(tmp_path):
     path = write(tmp_path, "[origin]\nroot = 'media'\n")
     config = load(path, environ={
         "MEDIAPROXY_PORT": "9999", "MEDIAPROXY_HOST": "0.0.0.0", "MEDIAPROXY_CACHE_DIR": str(tmp_path / "elsewhere"),
-        "MEDIAPROXY_CACHE_MEMORY_BYTES": "1000", "MEDIAPROXY_ORIGIN_EXTENSIONS": "jpg, png",
+        "MEDIAPROXY_CACHE_RESULTS_MEMORY_BYTES": "1000", "MEDIAPROXY_ORIGIN_EXTENSIONS": "jpg, png",
         "MEDIAPROXY_SERVER_ACCESS_LOG": "false", "MEDIAPROXY_PARTNER_300_ADMIN_SECRETS": "one,two",
         "MEDIAPROXY_CONFIG": "ignored here", "MEDIAPROXY_REQUIRE_TOOLS": "1",
     })
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9999)
     assert config.cache.dir == tmp_path / "elsewhere"
-    assert config.cache.memory_bytes == 1000
+    assert config.cache.results_memory_bytes == 1000
     assert config.origin.extensions == ("jpg", "png")
     assert config.server.access_log is False
     assert config.partners[300].admin_secrets == ("one", "two")

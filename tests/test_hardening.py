@@ -94,7 +94,7 @@ async def test_eight_thumbnails_of_it_at_once_are_all_small_and_nothing_keeps_th
     assert kept, "the decoded picture is kept for other sizes"
     for decoded in kept:
         assert "icc_profile" not in decoded.info and "icc_profile" not in decoded.image.info
-    assert runtime.memory.current_bytes < 2_000_000  # results in memory: kilobytes, not 8 x 16 MB
+    assert runtime.result_memory.current_bytes < 2_000_000  # results in memory: kilobytes, not 8 x 16 MB
 
 
 async def test_a_small_icc_profile_is_still_carried_and_the_pixels_left_as_stored(client):

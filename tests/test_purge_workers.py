@@ -90,7 +90,7 @@ async def every_worker(server: Server, target: str) -> list[tuple[int, int, byte
             pids[match[2]] = int(match[1])
         return all(tag in pids for tag in tags)
 
-    await until(logged, timeout=10)
+    await until(logged, timeout=30)  # each line is written when its answer has gone out
     return [(status, pids[tag], body) for status, tag, body in answers]
 
 

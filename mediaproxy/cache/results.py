@@ -41,7 +41,7 @@ class ResultCache:
     async def get(self, key: str, make: Callable[[], Awaitable[Result]], *, owner: str,
                   persist: bool = True) -> tuple[Result, str]:
         """(the result, where it came from: "memory", "disk" or "render"); `owner`: its source file's owner."""
-        result = self.memory.get(("result", owner, key))
+        result = self.memory.get((owner, key))
         if result is not None:
             metrics.child(metrics.CACHE, "memory", "hit").inc()
             return result, "memory"
@@ -55,10 +55,10 @@ class ResultCache:
         if found is not None:
             meta = found.meta
             result = Result(found.body, meta.get("content_type", "application/octet-stream"), meta.get("extra", {}))
-            self.memory.put(("result", owner, key), result)
+            self.memory.put((owner, key), result)
             return result, "disk"
         result = await make()
-        self.memory.put(("result", owner, key), result)
+        self.memory.put((owner, key), result)
         if persist and len(self._unwritten) < _MAX_UNWRITTEN:  # written behind the response, in batches
             item = (key, result.body, {"content_type": result.content_type, "extra": result.meta})
             self._unwritten.append((owner, item))

@@ -184,9 +184,10 @@ class ThumbnailService:
         return rendered
 
     def _finest_kept_scale(self, media: MediaInfo, needed: int) -> int:
-        """The finest JPEG scale, down to `needed`, whose decoded picture (RGB) is small enough to be kept."""
+        """The finest JPEG scale, down to `needed`, whose decoded picture (RGB: 4 bytes a pixel in Pillow) is small
+        enough to be kept."""
         return next((scale for scale in _JPEG_SCALES if scale < needed and math.ceil(media.width / scale)
-                     * math.ceil(media.height / scale) * 3 <= self.decoded.item_limit), needed)
+                     * math.ceil(media.height / scale) * 4 <= self.decoded.item_limit), needed)
 
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
         media, times, settings = source.media, prepared.times, prepared.settings

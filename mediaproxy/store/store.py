@@ -174,13 +174,13 @@ class Store:
 
     async def read_bytes(self, file: EntryFile) -> bytes:
         """The whole file (an image to decode), from memory when it is small and hot."""
-        body = self.memory.get(("original", file.owner))
+        body = self.memory.get(file.owner)
         if body is None:
             if file.path is not None:
                 body = await asyncio.to_thread(_read_all, self.open, file)
             else:
                 body = b"".join([chunk async for chunk in self.stream(file, 0, file.size - 1)])
-            self.memory.put(("original", file.owner), body)
+            self.memory.put(file.owner, body)
         return body
 
     async def stream(self, file: EntryFile, start: int, end: int) -> AsyncIterator[bytes]:
