@@ -31,7 +31,8 @@ from .notifications import NotificationEndpoints
 from .origins.local import LocalOrigin
 from .purge import Purges
 from .refs import entry_prefix
-from .responses import CORS_HEADERS, ENTRY, HOT, PREFLIGHT_HEADERS, PRIVATE, SERVICE, STARTED, TIER, error_response
+from .request_keys import ENTRY, HOT, PRIVATE, SERVICE, STARTED, TIER
+from .responses import CORS_HEADERS, PREFLIGHT_HEADERS, error_response
 from .cache.results import ResultCache
 from .services.flvclipper import ClipService
 from .services.raw import RawService
@@ -155,7 +156,7 @@ def make_app(config: Config) -> web.Application:
         app.router.add_post(config.notifications.path, runtime.notifications.notifications)
     app.router.add_post("/admin/purge", runtime.notifications.admin_purge)
     if config.console.enabled:
-        add_console(app, config, runtime.origin, runtime.sources, runtime.purges)
+        add_console(app, config, runtime.origin, runtime.sources, runtime.purges, runtime.access)
     app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch)  # any path, even one with an encoded line feed
     app._handle = functools.partial(_hot_or_routed, runtime, app._handle)  # see _hot_or_routed
     return app

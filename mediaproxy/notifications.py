@@ -33,7 +33,7 @@ from .config import Config
 from .errors import BadRequest, Forbidden, MediaProxyError, TooLarge
 from .purge import BLOCKED, DELETED, KEEP, Purges
 from .refs import ID_PATTERN, EntryRef
-from .responses import ENTRY, SERVICE
+from .request_keys import ENTRY, SERVICE
 
 log = logging.getLogger("mediaproxy.notifications")
 

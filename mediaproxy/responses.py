@@ -9,15 +9,6 @@ from urllib.parse import quote
 from aiohttp import web
 
 from .errors import MediaProxyError
-from .refs import EntryRef
-
-# what a request learnt on its way, for the metrics, the access log and Server-Timing
-SERVICE = web.RequestKey("service", str)
-ENTRY = web.RequestKey("entry", EntryRef)
-TIER = web.RequestKey("tier", str)  # where the answer came from: memory, disk, render, file
-STARTED = web.RequestKey("started", float)
-PRIVATE = web.RequestKey("private", bool)
-HOT = web.RequestKey("hot", bool)  # answered from the hot answers, before routing  # answered for one KS holder: Cache-Control private
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",

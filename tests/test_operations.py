@@ -211,3 +211,27 @@ def test_metrics_add_up_across_workers(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
+
+
+async def test_the_console_lists_a_ks_partners_entries_only_to_a_ks_that_grants_their_thumbnails(serve, tmp_path):
+    from mediaproxy.access import make_ks
+
+    secret = "console-listing-secret"
+    config = make_config(tmp_path, extra=f'[console]\nenabled = true\n\n[partners.200]\nadmin_secrets = ["{secret}"]\n'
+                                         'ks_required_for = ["thumbnail", "raw"]\n')
+    client = await serve(config)
+
+    async def listed(**query) -> dict[int, tuple[list[str], int]]:
+        answer = await (await client.get("/console/api/entries", params=query)).json()
+        return {partner["partner_id"]: ([entry["entry_id"] for entry in partner["entries"]], partner["hidden"])
+                for partner in answer["partners"]}
+
+    public = sorted(path.name for path in (FIXTURE_MEDIA / "100").iterdir() if path.is_dir())
+    private = sorted(path.name for path in (FIXTURE_MEDIA / "200").iterdir() if path.is_dir())
+    anonymous = await listed()
+    assert sorted(anonymous[100][0]) == public and anonymous[100][1] == 0
+    assert anonymous[200] == ([], len(private))  # that they exist is said, not what they are
+    granted = await listed(ks=make_ks(200, secret, privileges="sview:*"))
+    assert sorted(granted[200][0]) == private and granted[200][1] == 0
+    forged = await listed(ks=make_ks(200, "not-the-secret", privileges="sview:*"))
+    assert forged[200] == ([], len(private))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from ..access import AccessPolicy
 from ..config import Config
-from ..errors import MediaProxyError
+from ..errors import Forbidden, MediaProxyError
 from ..explain import explain
 from ..media.probe import MediaKind
 from ..origins.base import ListedEntry, Origin
@@ -28,15 +29,18 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def add_console(app: web.Application, config: Config, origin: Origin, sources: Sources, purges: Purges) -> None:
-    catalogue = Catalogue(config, origin, sources)
+def add_console(app: web.Application, config: Config, origin: Origin, sources: Sources, purges: Purges,
+                policy: AccessPolicy) -> None:
+    catalogue = Catalogue(config, origin, sources, policy)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def entries(request: web.Request) -> web.Response:
         await purges.catch_up()
-        return web.json_response(await catalogue.describe(), headers={"Cache-Control": "no-store"})
+        viewer = Viewer(request.query.get("ks") or request.headers.get("X-Kaltura-Ks"), request.path, request.remote,
+                        request.headers.get("X-Forwarded-For"))
+        return web.json_response(await catalogue.describe(viewer), headers={"Cache-Control": "no-store"})
 
     async def entry_state(request: web.Request) -> web.Response:
         """The entry's last notification (type, when), whether it is withheld, whether the console can purge it."""
@@ -64,8 +68,6 @@ def add_console(app: web.Application, config: Config, origin: Origin, sources: S
         assert outcome is not None
         return web.json_response({**outcome.as_json(), "words": outcome.words()}, headers={"Cache-Control": "no-store"})
 
-    policy = AccessPolicy(config)
-
     async def explain_link(request: web.Request) -> web.Response:
         link = request.query.get("url", "").strip()
         if not link:
@@ -90,23 +92,47 @@ def _entry_of(fields) -> EntryRef:
     return EntryRef(int(partner), entry_id)
 
 
-class Catalogue:
-    """The entries the origin can list (a local root's folders; an http origin's `[console] entries_file`)."""
+@dataclass(frozen=True)
+class Viewer:
+    """Who asks for the listing: their KS (if any) and where they are, as the access check reads them."""
 
-    def __init__(self, config: Config, origin: Origin, sources: Sources) -> None:
+    ks: str | None
+    path: str
+    remote: str | None
+    forwarded_for: str | None
+
+
+class Catalogue:
+    """The entries the origin can list (a local root's folders; an http origin's `[console] entries_file`), each
+    shown only to who may see its thumbnail (a partner whose thumbnails need a KS: with a KS that grants it)."""
+
+    def __init__(self, config: Config, origin: Origin, sources: Sources, policy: AccessPolicy) -> None:
         self.config = config
         self.origin = origin
         self.sources = sources
+        self.policy = policy
 
-    async def describe(self) -> dict:
+    async def describe(self, viewer: Viewer) -> dict:
         listed = await self.origin.list_entries()
-        described = await asyncio.gather(*(self._entry(entry) for entry in listed))
-        partners: dict[int, list[dict]] = {}
-        for entry, description in zip(listed, described):
-            partners.setdefault(entry.ref.partner_id, []).append(description)
+        visible = [entry for entry in listed if self._may_see(entry.ref, viewer)]
+        described = await asyncio.gather(*(self._entry(entry) for entry in visible))
+        partners: dict[int, list[dict]] = {entry.ref.partner_id: [] for entry in listed}
+        for entry, description in zip(visible, described):
+            partners[entry.ref.partner_id].append(description)
+        hidden = {partner: sum(entry.ref.partner_id == partner for entry in listed) - len(entries)
+                  for partner, entries in partners.items()}
         return {"partners": [{"partner_id": partner, "requires_ks": self.config.partner(partner).ks_required_for,
-                              "can_purge": bool(self.config.partner(partner).admin_secrets), "entries": entries}
+                              "can_purge": bool(self.config.partner(partner).admin_secrets), "entries": entries,
+                              "hidden": hidden[partner]}
                              for partner, entries in partners.items()]}
+
+    def _may_see(self, ref: EntryRef, viewer: Viewer) -> bool:
+        try:
+            self.policy.check("thumbnail", ref.partner_id, ref.entry_id, viewer.ks, path=viewer.path,
+                              remote=viewer.remote, forwarded_for=viewer.forwarded_for)
+        except Forbidden:
+            return False
+        return True
 
     async def _entry(self, listed: ListedEntry) -> dict:
         ref = listed.ref

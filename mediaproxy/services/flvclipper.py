@@ -33,7 +33,8 @@ from ..media.probe import MediaKind
 from ..media.video import cut_clip
 from ..origins.base import EntryFile
 from ..refs import FileSelector, Purged, entry_prefix
-from ..responses import TIER, cache_control, server_timing
+from ..request_keys import TIER
+from ..responses import cache_control, server_timing
 from ..urls import ClipRequest
 from ..workpool import WorkPool
 from . import bodies
@@ -41,7 +42,7 @@ from .sources import Source, Sources
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPES = {"mp4": "video/mp4", "flv": "video/x-flv"}
+CLIP_CONTENT_TYPES = {"mp4": "video/mp4", "flv": "video/x-flv"}
 # The index of a window this short is built in well under a millisecond: right here, kept in memory only (a thread
 # hop or a disk write would cost more than building it again). Longer windows are built on the work pool and
 # their index is stored in the disk cache too.
@@ -86,7 +87,7 @@ class ClipService:
         source_container = "flv" if source.media.container == "flv" else "mp4"
         container = request.container or source_container
         headers = {
-            "Content-Type": CONTENT_TYPES[container],
+            "Content-Type": CLIP_CONTENT_TYPES[container],
             "Cache-Control": cache_control(self.config.max_age("flvclipper", request.entry.partner_id)),
         }
         timings = {"origin": (time.perf_counter() - started) * 1000}

@@ -12,7 +12,8 @@ import time
 from aiohttp import web
 
 from ..config import Config
-from ..responses import TIER, cache_control, content_disposition, download_name, server_timing
+from ..request_keys import TIER
+from ..responses import cache_control, content_disposition, download_name, server_timing
 from ..urls import RawRequest
 from . import bodies
 from .sources import Sources

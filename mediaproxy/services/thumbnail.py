@@ -33,7 +33,8 @@ from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, deco
                                derive_and_render, plan_for, render_decoded, render_image, render_video)
 from ..media.video import frame_times
 from ..refs import FileSelector, Purged
-from ..responses import TIER, cache_control, not_modified, server_timing
+from ..request_keys import TIER
+from ..responses import cache_control, not_modified, server_timing
 from ..urls import OutputFormat, ThumbnailRequest
 from ..workpool import WorkPool
 from .sources import Source, Sources
