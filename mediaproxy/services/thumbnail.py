@@ -7,7 +7,6 @@ ETag and Last-Modified (304 when the client's copy is current).
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import functools
 import hashlib
@@ -63,8 +62,7 @@ class ThumbnailService:
         source = await self._source(request)
         negotiated = self._negotiates(request)
         if negotiated:  # from here on the request names the format it is answered in
-            request = dataclasses.replace(request, format=self._negotiate(request, source,
-                                                                          http_request.headers.get("Accept", "")))
+            request = request.in_format(self._negotiate(request, source, http_request.headers.get("Accept", "")))
         memo = (request, negotiated, source.file.identity, source.file.manifest.thumb_offset)
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
