@@ -25,7 +25,7 @@ SIZES = ["width/64", "width/200/height/150/type/3", "width/300/height/300/type/2
 
 
 def thumb(path: str):
-    return parse(f"/p/100/thumbnail/entry_id/x/{path}", 100)
+    return parse(f"/p/100/thumbnail/entry_id/x/{path}", 100).options
 
 
 @pytest.mark.parametrize("source", ["jpeg", "rotated_jpeg", "png"])

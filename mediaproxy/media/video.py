@@ -19,11 +19,11 @@ import av
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from PIL import Image
 
-from ..config import LimitsConfig
 from ..errors import BadRequest, TooLarge, Unprocessable
 
-# What probing and opening decode at most per frame unless told a limit (services pass the configured one).
-DEFAULT_MAX_PIXELS = LimitsConfig.max_source_pixels
+# What probing and opening decode at most per frame unless told a limit (services pass the configured one,
+# `[limits] max_source_pixels`, whose default this is).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def analysis_options(max_pixels: int) -> dict[str, str]:
