@@ -17,9 +17,11 @@ from PIL import Image
 from ..errors import BadRequest
 from ..options import DEFAULT_QUALITY, STRIP_LIMIT, ThumbnailOptions
 from . import animation, paint
-from .decode import MAX_KEPT_ICC_BYTES, Decoded, decode, decode_at, metadata_of, open_image, reduced
+from .decode import (JPEG_FORMATS, MAX_KEPT_ICC_BYTES, Decoded, decode, decode_at, metadata_of, open_image, reduced,
+                     scale_on_load)
 from .encode import ANIMATES, CONTENT_TYPES, KEEPS_ALPHA, encode, encode_animation
 from .geometry import Plan, plan_thumbnail
+from .probe import MediaInfo
 from .video import DEFAULT_MAX_PIXELS, grab_frames
 
 
@@ -46,7 +48,18 @@ def plan_for(options: ThumbnailOptions, source_size: tuple[int, int], settings: 
                           options.rel_width, options.rel_height, settings.max_output_pixels)
 
 
+def decode_scale(options: ThumbnailOptions, source: MediaInfo, settings: RenderSettings) -> int:
+    """Scale on load, from the probed header alone: the JPEG scale (of decode.JPEG_SCALES) `render_image` decodes
+    `source` at for these options; 1 for other formats. A decoded picture kept for other sizes is known by it."""
+    if source.container not in JPEG_FORMATS:
+        return 1
+    return scale_on_load((source.width, source.height), source.orientation,
+                         lambda size: plan_for(options, size, settings))[0]
+
+
 def render_image(options: ThumbnailOptions, data: bytes, settings: RenderSettings) -> Rendered:
+    """The thumbnail of an image (or of an animation, kept animated where settings.animation_pixels allows), decoded
+    at the scale it needs (`decode_scale`)."""
     if settings.animation_pixels and options.format in ANIMATES:
         animated = _render_animation(options, data, settings)
         if animated is not None:
@@ -59,7 +72,7 @@ def render_image(options: ThumbnailOptions, data: bytes, settings: RenderSetting
 
 def decode_and_render(options: ThumbnailOptions, data: bytes, scale: int,
                       settings: RenderSettings) -> tuple[Decoded, Rendered]:
-    """The original decoded at 1/scale (see decode.reduction), and the thumbnail: the caller may keep the decoded
+    """The original decoded at 1/scale (see decode_scale), and the thumbnail: the caller may keep the decoded
     picture, so that other sizes of a hot original skip decoding (`render_decoded`) with byte-identical results."""
     clock = _Clock()
     decoded = decode_at(data, scale, settings.max_source_pixels)

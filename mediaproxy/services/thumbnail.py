@@ -25,13 +25,13 @@ from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
 from ..cache.memory import EntryKeys, MemoryCache
 from ..media.animation import ANIMATED_SOURCES, within_budget
-from ..media.decode import JPEG_FORMATS, reduction
+from ..media.decode import JPEG_SCALES
 from ..media.encode import ANIMATES
 from ..media.probe import MediaInfo, MediaKind, has_alpha
-from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render,
+from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render, decode_scale,
                                derive_and_render, plan_for, render_decoded, render_image, render_video)
 from ..media.video import frame_times
-from ..options import DEFAULT_QUALITY, OutputFormat, ThumbnailOptions
+from ..options import DEFAULT_QUALITY, OutputFormat
 from ..refs import FileSelector, Purged
 from ..responses import TIER, cache_control, not_modified, server_timing
 from ..urls import ThumbnailRequest
@@ -40,7 +40,6 @@ from .sources import Source, Sources
 
 BUNDLED_AUDIO_PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "audio.png"
 _LOSSY = frozenset({OutputFormat.JPG, OutputFormat.WEBP, OutputFormat.AVIF})
-_JPEG_SCALES = (1, 2, 4, 8)  # the reductions a JPEG decodes at (decode.reduction)
 
 
 class ThumbnailService:
@@ -159,8 +158,8 @@ class ThumbnailService:
         if settings.animation_pixels:  # every frame, from the original
             return await self.pool.run(render_image, options, await self.sources.read_bytes(source.file), settings)
         identity = source.file.owner  # the file and its identity: a purge of its entry drops them
-        needed = _jpeg_scale(options, source.media, settings)
-        for scale in reversed([scale for scale in _JPEG_SCALES if scale <= needed]):
+        needed = decode_scale(options, source.media, settings)
+        for scale in reversed([scale for scale in JPEG_SCALES if scale <= needed]):
             kept = self.decoded.get(("decoded", identity, scale))
             if kept is None:
                 continue
@@ -170,7 +169,7 @@ class ThumbnailService:
             self.decoded.put(("decoded", identity, needed), derived)
             return rendered
         asked_before = any(self.decoded.get(("decoded", identity, coarser)) is not None
-                           for coarser in _JPEG_SCALES if coarser > needed)
+                           for coarser in JPEG_SCALES if coarser > needed)
         scale = self._finest_kept_scale(source.media, needed) if asked_before else needed
         data = await self.sources.read_bytes(source.file)
         if scale == needed:
@@ -184,7 +183,7 @@ class ThumbnailService:
 
     def _finest_kept_scale(self, media: MediaInfo, needed: int) -> int:
         """The finest JPEG scale, down to `needed`, whose decoded picture (RGB) is small enough to be kept."""
-        return next((scale for scale in _JPEG_SCALES if scale < needed and math.ceil(media.width / scale)
+        return next((scale for scale in JPEG_SCALES if scale < needed and math.ceil(media.width / scale)
                      * math.ceil(media.height / scale) * 3 <= self.decoded.item_limit), needed)
 
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
@@ -253,15 +252,6 @@ def _refuse_oversized(media: MediaInfo, max_pixels: int) -> None:
     if media.width * media.height > max_pixels:
         what = "the original is" if media.kind is MediaKind.IMAGE else "the video's frames are"
         raise TooLarge(f"{what} {media.width}x{media.height} pixels (limit {max_pixels})")
-
-
-def _jpeg_scale(options: ThumbnailOptions, media: MediaInfo, settings: RenderSettings) -> int:
-    """The JPEG reduction this thumbnail decodes at (1 for other formats): the key of a kept decoded picture."""
-    if media.container not in JPEG_FORMATS:
-        return 1
-    stored = (media.width, media.height)
-    oriented = (media.height, media.width) if media.orientation in (5, 6, 7, 8) else stored
-    return reduction(stored, plan_for(options, oriented, settings))
 
 
 def _result(rendered: Rendered) -> Result:
