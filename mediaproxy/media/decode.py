@@ -27,7 +27,9 @@ _INVERSE = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,  # the others
             Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
 _SRGB = ImageCms.createProfile("sRGB")
 JPEG_SCALES = (1, 2, 4, 8)  # a JPEG decodes at 1/1, 1/2, 1/4 or 1/8 of its size (Image.draft)
-DRAFT_GAP = 1.0  # decode at the largest JPEG scale that still has every pixel the output needs (as libvips)
+# Decoded pixels per output pixel, per axis, that shrink-on-load keeps at least: 1.0 decodes at the coarsest JPEG
+# scale that still has every pixel the output needs (as libvips); 2.0 would decode twice that detail.
+DECODE_OVERSAMPLING = 1.0
 # SPEC §2: metadata an output carries is bounded. A larger ICC profile is applied to the pixels instead of copied;
 # EXIF or XMP larger than one JPEG marker segment holds (which Pillow's JPEG writer refuses) is dropped.
 MAX_KEPT_ICC_BYTES = 64 * 1024
@@ -90,7 +92,7 @@ def reduced(decoded: Decoded, factor: int) -> Decoded:
 def _reduction(stored_size: tuple[int, int], plan: Plan) -> int:
     """The JPEG scale denominator (8, 4, 2 or 1) that still gives `plan` every pixel it needs, as Image.draft
     chooses it. `stored_size` is the size in the file (before orientation); the plan's scale is the same either way."""
-    factor = plan.scale * DRAFT_GAP
+    factor = plan.scale * DECODE_OVERSAMPLING
     wanted = (max(1, round(stored_size[0] * factor)), max(1, round(stored_size[1] * factor)))
     ratio = min(stored_size[0] // wanted[0], stored_size[1] // wanted[1])
     return next((scale for scale in reversed(JPEG_SCALES) if ratio >= scale), 1)
