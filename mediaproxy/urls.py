@@ -63,6 +63,8 @@ class ThumbnailRequest:
 
     def in_format(self, output: OutputFormat) -> ThumbnailRequest:
         """The same request answered in `output` (format/auto, once negotiated)."""
+        if output is self.options.format:  # jpg negotiated where no format was given: nothing to copy
+            return self
         return dataclasses.replace(self, options=dataclasses.replace(self.options, format=output))
 
     def cache_key(self) -> str:
