@@ -51,13 +51,13 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
             output = "/format/png" if name.endswith(".png") else ""
             path = f"/p/100/sp/10000/thumbnail/entry_id/{entry}/width/320/height/240{output}/version/"
             data = (origin / "100" / entry / name).read_bytes()
-            request = parse(path + "1", 100)
+            options = parse(path + "1", 100).options
             settings = RenderSettings(75)
             wrk(server.url, path, seconds=1, connections=4 * CORES, unique=True, offset=8_000_000)  # warm-up
             cold, limit = alternate(
                 lambda: wrk(server.url, path, seconds=seconds, connections=4 * CORES, unique=True,
                             offset=next(offsets)).requests_per_second,
-                lambda: in_threads(lambda _: render_image(request, data, settings), threads=CORES, seconds=seconds))
+                lambda: in_threads(lambda _: render_image(options, data, settings), threads=CORES, seconds=seconds))
             kind = "PNG with alpha → PNG" if name.endswith(".png") else "JPEG →"
             rows.append((f"cold thumbnails/s, {width}×{height} {kind} 320×240", f"{cold:.1f}",
                          f"{limit:.1f} (in-process, {CORES} threads)", f"{cold / limit:.2f}×", "≥ 0.9×"))
@@ -66,13 +66,13 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
         wait_for(f"{server.url}/p/100/thumbnail/entry_id/0_hd")
         path = "/p/100/sp/10000/thumbnail/entry_id/0_hd/width/320/height/240/version/"
         data = (origin / "100" / "0_hd" / "original.jpg").read_bytes()
-        request = parse(path + "1", 100)
+        options = parse(path + "1", 100).options
         settings = RenderSettings(75)
         wrk(server.url, path, seconds=1, connections=4 * CORES, unique=True, offset=8_000_000)
         reused, limit = alternate(
             lambda: wrk(server.url, path, seconds=seconds, connections=4 * CORES, unique=True,
                         offset=next(offsets)).requests_per_second,
-            lambda: in_threads(lambda _: render_image(request, data, settings), threads=CORES, seconds=seconds),
+            lambda: in_threads(lambda _: render_image(options, data, settings), threads=CORES, seconds=seconds),
             rounds=3)
         rows.append(("  … new sizes of a hot 1920×1080 original (its decoded picture kept)", f"{reused:.1f}",
                      f"{limit:.1f} (in-process, decoding each time)", f"{reused / limit:.2f}×", ""))
@@ -242,9 +242,10 @@ def formats(workdir: Path, seconds: float) -> list[Row]:
     for data in photos:
         for width in MIX_WIDTHS:
             size = f"/p/100/thumbnail/entry_id/x/width/{width}/height/{width * 3 // 4}/type/3"
-            lossless = Image.open(io.BytesIO(render_image(parse(size + "/format/png", 100), data, settings).body))
+            png = render_image(parse(size + "/format/png", 100).options, data, settings)
+            lossless = Image.open(io.BytesIO(png.body))
             for name in totals:
-                rendered = render_image(parse(f"{size}/format/{name}", 100), data, settings)
+                rendered = render_image(parse(f"{size}/format/{name}", 100).options, data, settings)
                 totals[name] += len(rendered.body)
                 encode_ms[name].append(rendered.timings["encode"])
                 fidelity[name].append(_psnr(Image.open(io.BytesIO(rendered.body)), lossless))
@@ -306,13 +307,13 @@ def videos(workdir: Path, seconds: float) -> list[Row]:
         for entry, (width, height) in sources.items():
             source = origin / "100" / entry / "original.mp4"
             path = f"/p/100/sp/10000/thumbnail/entry_id/{entry}/width/320/height/180/vid_sec/4.5/version/"
-            request = parse(path + "1", 100)
+            options = parse(path + "1", 100).options
             settings = RenderSettings(75)
             wrk(server.url, path, seconds=1, connections=CORES, unique=True, offset=8_000_000)  # warm-up
             grabs, limit = alternate(
                 lambda: wrk(server.url, path, seconds=seconds, connections=2 * CORES, unique=True,
                             offset=next(offsets)).requests_per_second,
-                lambda: in_threads(lambda _: render_video(request, source, [4.5], (width, height), settings),
+                lambda: in_threads(lambda _: render_video(options, source, [4.5], (width, height), settings),
                                    threads=CORES, seconds=seconds))
             rows.append((f"frame grabs/s, {height}p H.264 (exact frame, 0.5 s after a keyframe) → 320×180",
                          f"{grabs:.1f}", f"{limit:.1f} (same PyAV work in-process, {CORES} threads)",

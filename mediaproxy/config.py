@@ -133,7 +133,7 @@ class DefaultsConfig:
 class PartnerConfig:
     admin_secrets: tuple[str, ...] = ()
     ks_required_for: tuple[str, ...] = ()
-    quality: int = 0  # default thumbnail quality; 0 = 75
+    quality: int = 0  # default thumbnail quality; 0 = options.DEFAULT_QUALITY (75)
     auto_format: bool | None = None  # None = the [http] value
     thumbnail_max_age: int = -1  # -1 = [http] value
     raw_max_age: int = -1

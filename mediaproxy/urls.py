@@ -4,7 +4,8 @@
     /[s/]flvclipper/{key}/{value}/...                       (partner from [defaults] partner_id)
 
 Every parameter is parsed, checked and normalised here, so the services receive values they can trust and a
-canonical `cache_key()`; a malformed value is a `BadRequest` naming it. Nothing here touches files or images.
+canonical `cache_key()`; a malformed value is a `BadRequest` naming it. Nothing here touches files or images. The
+values a thumbnail is made of (`ThumbnailOptions`, `Region`, `ResizeMode`, ...) are options.py's, which media shares.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import IntEnum, StrEnum
+from enum import StrEnum
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote, unquote
 
 from .errors import BadRequest, MediaProxyError, NotFound
+from .options import MAX_DIMENSION, STRIP_LIMIT, OutputFormat, Region, ResizeMode, ThumbnailOptions
 from .refs import ID_PATTERN, EntryRef, FileSelector
 
-MAX_DIMENSION = 10_000
 MAX_VERSION = 10_000_000
 _MAX_FRAME = 1_000_000  # rel_width/rel_height: the frame the source region was measured in
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
@@ -32,52 +34,20 @@ _THUMBNAIL_VALUE_SUFFIX = re.compile(r"\.(jpg|gif|png)\Z")
 _FALSY = frozenset({"", "0", "false", "no", "off"})
 
 
-class ResizeMode(IntEnum):
-    FIT = 1  # fit inside the box, keep aspect
-    PAD = 2  # fit, then centre on an exact box of bgcolor
-    CROP_CENTER = 3  # crop to the box's aspect around the centre, then scale to the box
-    CROP_TOP = 4  # as CROP_CENTER, anchored at the top
-    STRETCH = 5  # scale to the box, ignoring aspect
-
-
-class OutputFormat(StrEnum):
-    JPG = "jpg"
-    PNG = "png"
-    GIF = "gif"
-    WEBP = "webp"
-    AVIF = "avif"
-    AUTO = "auto"  # negotiated from the client's Accept by the service; never reaches the encoder
-
-
-@dataclass(frozen=True, slots=True)
-class Region:
-    """A region of the source in source pixels; 0 width/height = to the edge."""
-
-    x: int = 0
-    y: int = 0
-    width: int = 0
-    height: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class ThumbnailRequest:
+    """A thumbnail of an entry: the picture asked for (`options`, what media renders), the frames of a video it is
+    made of, and which of the entry's files. The picture's parameters read through it as the URL names them
+    (`request.width` is `request.options.width`)."""
+
     entry: EntryRef
-    width: int  # 0 = follows the other dimension (both 0: the source size)
-    height: int
-    mode: ResizeMode = ResizeMode.FIT
-    bgcolor: int = 0xFFFFFF
+    options: ThumbnailOptions
     quality: int | None = None  # None = the partner's default
-    region: Region = Region()
-    rel_width: int | None = None  # region is given in a frame of this size
-    rel_height: int | None = None
     vid_sec: float | None = None  # None = the entry's thumb_offset, else 3 s
     vid_slices: int | None = None
     vid_slice: int | None = None  # None with vid_slices = a strip of all slices
     start_sec: float | None = None
     end_sec: float | None = None
-    density: int | None = None
-    strip: bool = False
-    format: OutputFormat = OutputFormat.JPG
     version: int | None = None
     flavor_id: str | None = None
     file_name: str | None = field(default=None, compare=False)
@@ -91,12 +61,58 @@ class ThumbnailRequest:
     def is_strip(self) -> bool:
         return self.vid_slices is not None and self.vid_slice is None
 
+    def in_format(self, output: OutputFormat) -> ThumbnailRequest:
+        """The same request answered in `output` (format/auto, once negotiated)."""
+        if output is self.options.format:  # jpg negotiated where no format was given: nothing to copy
+            return self
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, format=output))
+
     def cache_key(self) -> str:
         """Equal for every URL that asks for the same picture (order, aliases, defaults and the KS do not count).
 
         Quality is left out: it resolves against the partner's default, so the service appends the effective one.
         """
         return _thumbnail_key(self)
+
+    @property
+    def width(self) -> int:
+        return self.options.width
+
+    @property
+    def height(self) -> int:
+        return self.options.height
+
+    @property
+    def mode(self) -> ResizeMode:
+        return self.options.mode
+
+    @property
+    def bgcolor(self) -> int:
+        return self.options.bgcolor
+
+    @property
+    def region(self) -> Region:
+        return self.options.region
+
+    @property
+    def rel_width(self) -> int | None:
+        return self.options.rel_width
+
+    @property
+    def rel_height(self) -> int | None:
+        return self.options.rel_height
+
+    @property
+    def density(self) -> int | None:
+        return self.options.density
+
+    @property
+    def strip(self) -> bool:
+        return self.options.strip
+
+    @property
+    def format(self) -> OutputFormat:
+        return self.options.format
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +200,17 @@ class Parameter:
     canonical: bool  # written in the canonical path (differs from what an absent key gives)
 
 
+# What a thumbnail's cache key is made of, in this order and spelling (`width=320|mode=<ResizeMode.FIT: 1>`): the
+# results kept on disk are found by these keys, so a change here orphans them. Every parameter of the picture but
+# the quality is in it (tests/test_options.py checks that none is forgotten).
+_THUMBNAIL_KEY_PARTS = ("entry", "width", "height", "mode", "bgcolor", "region", "rel_width", "rel_height", "vid_sec",
+                        "vid_slices", "vid_slice", "start_sec", "end_sec", "density", "strip", "format", "version",
+                        "flavor_id")
+
+
 @functools.lru_cache(maxsize=16384)
 def _thumbnail_key(request: ThumbnailRequest) -> str:
-    return "thumbnail|" + "|".join(f"{field.name}={getattr(request, field.name)!r}"
-                                   for field in dataclasses.fields(request) if field.compare and field.name != "quality")
+    return "thumbnail|" + "|".join(f"{name}={getattr(request, name)!r}" for name in _THUMBNAIL_KEY_PARTS)
 
 
 def parse(target: str, default_partner_id: int) -> ServiceRequest:
@@ -539,7 +562,39 @@ def _mode(params: _Params) -> ResizeMode:
 
 
 def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
+    # the parameters are read in this order: it is the order of the notes, and of the errors when several are wrong
     entry = params.entry(partner_id)
+    width, height, mode = _box(params)
+    bgcolor = _bgcolor(params)
+    quality = _quality(params)
+    output_format, format_given = _output_format(params)
+    frames = _frames(params, width, height)
+    rel_width, rel_height = _frame_side(params, "rel_width"), _frame_side(params, "rel_height")
+    density = params.integer("density", 0, 0, MAX_DIMENSION)
+    options = ThumbnailOptions(width=width, height=height, mode=mode, bgcolor=bgcolor, region=_region(params),
+                               rel_width=rel_width, rel_height=rel_height, density=density or None,
+                               strip=params.flag("strip"), format=output_format)
+    return ThumbnailRequest(
+        entry=entry,
+        options=options,
+        quality=quality,
+        vid_sec=frames.vid_sec,
+        vid_slices=frames.vid_slices,
+        vid_slice=frames.vid_slice,
+        start_sec=frames.start_sec,
+        end_sec=frames.end_sec,
+        version=params.version(),
+        flavor_id=params.flavor(),
+        file_name=params.accepted("file_name", "a thumbnail is not a download"),
+        format_given=format_given,
+    )
+
+
+_DEFAULT_BOX = (120, 90)  # Kaltura's, when neither width nor height (nor def_width/def_height) is given
+
+
+def _box(params: _Params) -> tuple[int, int, ResizeMode]:
+    """width and height (0 = follows the other side; both 0 = the source's size), and the resize mode (type)."""
     width, width_forced = _dimension(params, "width")
     height, height_forced = _dimension(params, "height")
     if width_forced or height_forced:
@@ -548,65 +603,88 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
     else:
         mode = _mode(params)
     if width is None and height is None:
-        def_width = params.integer("def_width", -1, -1, MAX_DIMENSION, negative="none")
-        def_height = params.integer("def_height", -1, -1, MAX_DIMENSION, negative="none")
-        if def_width > 0 or def_height > 0:
-            width, height = max(def_width, 0), max(def_height, 0)
-            params.note(NoteKind.DEFAULT, "width", f"and `height` absent: def_width × def_height, {width}×{height}")
-        else:
-            width, height = 120, 90
-            params.note(NoteKind.DEFAULT, "width", "and `height` absent: the default box, 120×90")
-    else:
-        for key in ("def_width", "def_height"):
-            params.unused(key, "width or height is given")
-        if width == 0 and height == 0:
-            params.note(NoteKind.READ_AS, "width", "and `height` 0: the source's own size")
-        for key, size, other in (("width", width, height), ("height", height, width)):
-            if size is None and other:
-                follows = ("equals the other side (a square)" if mode in (ResizeMode.CROP_CENTER, ResizeMode.CROP_TOP)
-                           else "follows the source's aspect ratio")
-                params.note(NoteKind.DEFAULT, key, f"absent: {follows}")
+        return *_default_box(params), mode
+    for key in ("def_width", "def_height"):
+        params.unused(key, "width or height is given")
+    if width == 0 and height == 0:
+        params.note(NoteKind.READ_AS, "width", "and `height` 0: the source's own size")
+    for key, size, other in (("width", width, height), ("height", height, width)):
+        if size is None and other:
+            follows = ("equals the other side (a square)" if mode in (ResizeMode.CROP_CENTER, ResizeMode.CROP_TOP)
+                       else "follows the source's aspect ratio")
+            params.note(NoteKind.DEFAULT, key, f"absent: {follows}")
+    return width or 0, height or 0, mode
 
-    bgcolor_text = params.get("bgcolor")
-    if bgcolor_text is None or bgcolor_text == "":
-        bgcolor = 0xFFFFFF
-    elif _HEX_COLOUR.match(bgcolor_text):
-        bgcolor = int(bgcolor_text, 16)
-        if len(bgcolor_text) < 6:
-            params.note(NoteKind.READ_AS, "bgcolor", f"{_shown(bgcolor_text)} read as #{bgcolor:06x} "
-                                                     "(a number, not CSS shorthand)")
-    else:
-        raise BadRequest(f"bgcolor: {bgcolor_text[:40]!r} is not 1-6 hex digits")
 
+def _default_box(params: _Params) -> tuple[int, int]:
+    """The size without width and height: def_width × def_height where either is positive, else 120×90."""
+    def_width = params.integer("def_width", -1, -1, MAX_DIMENSION, negative="none")
+    def_height = params.integer("def_height", -1, -1, MAX_DIMENSION, negative="none")
+    if def_width > 0 or def_height > 0:
+        width, height = max(def_width, 0), max(def_height, 0)
+        params.note(NoteKind.DEFAULT, "width", f"and `height` absent: def_width × def_height, {width}×{height}")
+        return width, height
+    width, height = _DEFAULT_BOX
+    params.note(NoteKind.DEFAULT, "width", f"and `height` absent: the default box, {width}×{height}")
+    return width, height
+
+
+def _bgcolor(params: _Params) -> int:
+    text = params.get("bgcolor")
+    if text is None or text == "":
+        return 0xFFFFFF
+    if not _HEX_COLOUR.match(text):
+        raise BadRequest(f"bgcolor: {text[:40]!r} is not 1-6 hex digits")
+    colour = int(text, 16)
+    if len(text) < 6:
+        params.note(NoteKind.READ_AS, "bgcolor", f"{_shown(text)} read as #{colour:06x} (a number, not CSS shorthand)")
+    return colour
+
+
+def _quality(params: _Params) -> int | None:
+    """1..100, or None for the partner's default (absent or 0)."""
     quality = params.integer("quality", 0, 0, 100)
     if quality == 0 and params.given_text("quality"):
         params.note(NoteKind.DEFAULT, "quality", "0: the partner's default")
-    format_text = params.get("format") or ""
-    format_given = format_text != ""
-    try:
-        output_format = OutputFormat({"": "jpg", "jpeg": "jpg"}.get(format_text.lower(), format_text.lower()))
-    except ValueError:
-        raise BadRequest(f"format: {format_text.lower()[:40]!r} is not one of jpg, png, gif, webp, avif, "
-                         "auto") from None
-    if format_given and output_format.value != format_text:
-        params.note(NoteKind.READ_AS, "format", f"read as {output_format.value}")
+    return quality or None
 
+
+def _output_format(params: _Params) -> tuple[OutputFormat, bool]:
+    """The format, and whether the URL names one (jpg otherwise)."""
+    text = params.get("format") or ""
+    try:
+        output_format = OutputFormat({"": "jpg", "jpeg": "jpg"}.get(text.lower(), text.lower()))
+    except ValueError:
+        raise BadRequest(f"format: {text.lower()[:40]!r} is not one of jpg, png, gif, webp, avif, auto") from None
+    if text and output_format.value != text:
+        params.note(NoteKind.READ_AS, "format", f"read as {output_format.value}")
+    return output_format, text != ""
+
+
+class _Frames(NamedTuple):
+    """Which frames of a video a thumbnail shows, as ThumbnailRequest holds them (None: absent or negative)."""
+
+    vid_sec: float | None
+    vid_slices: int | None
+    vid_slice: int | None
+    start_sec: float | None
+    end_sec: float | None
+
+
+def _frames(params: _Params, width: int, height: int) -> _Frames:
+    """A strip (vid_slices without vid_slice) must stay within STRIP_LIMIT pixels along both sides."""
     vid_sec = params.number("vid_sec", negative="the entry's thumb_offset, else 3 s")
     vid_slices = params.integer("vid_slices", -1, -1, MAX_DIMENSION, negative="none")
     if vid_slices == 0:
         raise BadRequest("vid_slices: must be at least 1")
     vid_slice = params.integer("vid_slice", -1, -1, MAX_DIMENSION, negative="none")
-    start_sec = params.number("start_sec", negative="none")
-    end_sec = params.number("end_sec", negative="none")
-    start_sec = start_sec if start_sec is not None and start_sec >= 0 else None
-    end_sec = end_sec if end_sec is not None and end_sec >= 0 else None
-    if start_sec is not None and end_sec is not None and start_sec > end_sec:
-        raise BadRequest(f"start_sec: {start_sec:g} is after end_sec {end_sec:g}")
+    start_sec, end_sec = _window(params)
     slices = vid_slices if vid_slices > 0 else None
     if slices is not None and vid_slice < 0:  # a strip: all slices side by side
         for size, name in ((width, "width"), (height, "height")):
-            if (size or 0) * slices >= 65500:
-                raise BadRequest(f"vid_slices: a strip of {slices} × {name} {size} is too large (limit 65500)")
+            if size * slices >= STRIP_LIMIT:
+                raise BadRequest(f"vid_slices: a strip of {slices} × {name} {size} is too large "
+                                 f"(limit {STRIP_LIMIT})")
     if slices is None:
         for key in ("vid_slice", "start_sec", "end_sec"):
             params.unused(key, "no vid_slices")
@@ -614,33 +692,29 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
         params.unused("vid_sec", "vid_slices sets the times")
         if vid_slice >= slices:
             params.note(NoteKind.CLAMPED, "vid_slice", f"clamped to {slices - 1} (the last of {slices} slices)")
+    return _Frames(vid_sec if vid_sec is not None and vid_sec >= 0 else None, slices,
+                   None if slices is None or vid_slice < 0 else min(vid_slice, slices - 1), start_sec, end_sec)
 
-    rel_width = params.integer("rel_width", -1, -1, _MAX_FRAME, negative="none")
-    rel_height = params.integer("rel_height", -1, -1, _MAX_FRAME, negative="none")
-    density = params.integer("density", 0, 0, MAX_DIMENSION)
-    return ThumbnailRequest(
-        entry=entry,
-        width=width or 0,
-        height=height or 0,
-        mode=mode,
-        bgcolor=bgcolor,
-        quality=quality or None,
-        region=Region(*(params.integer(key, 0, 0, MAX_DIMENSION) for key in ("src_x", "src_y", "src_w", "src_h"))),
-        rel_width=rel_width if rel_width > 0 else None,
-        rel_height=rel_height if rel_height > 0 else None,
-        vid_sec=vid_sec if vid_sec is not None and vid_sec >= 0 else None,
-        vid_slices=slices,
-        vid_slice=None if slices is None or vid_slice < 0 else min(vid_slice, slices - 1),
-        start_sec=start_sec,
-        end_sec=end_sec,
-        density=density or None,
-        strip=params.flag("strip"),
-        format=output_format,
-        format_given=format_given,
-        version=params.version(),
-        flavor_id=params.flavor(),
-        file_name=params.accepted("file_name", "a thumbnail is not a download"),
-    )
+
+def _window(params: _Params) -> tuple[float | None, float | None]:
+    """start_sec and end_sec, the part of a video the slices divide (None where absent or negative)."""
+    start_sec = params.number("start_sec", negative="none")
+    end_sec = params.number("end_sec", negative="none")
+    start_sec = start_sec if start_sec is not None and start_sec >= 0 else None
+    end_sec = end_sec if end_sec is not None and end_sec >= 0 else None
+    if start_sec is not None and end_sec is not None and start_sec > end_sec:
+        raise BadRequest(f"start_sec: {start_sec:g} is after end_sec {end_sec:g}")
+    return start_sec, end_sec
+
+
+def _frame_side(params: _Params, key: str) -> int | None:
+    """rel_width/rel_height: a side of the frame the source region was measured in, None where absent or < 1."""
+    value = params.integer(key, -1, -1, _MAX_FRAME, negative="none")
+    return value if value > 0 else None
+
+
+def _region(params: _Params) -> Region:
+    return Region(*(params.integer(key, 0, 0, MAX_DIMENSION) for key in ("src_x", "src_y", "src_w", "src_h")))
 
 
 def _milliseconds(params: _Params, key: str) -> int | None:

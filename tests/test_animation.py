@@ -40,7 +40,7 @@ def animated(pillow_format: str, size=(120, 80), frames: int = 4, loop: int | No
 
 def render(data: bytes, params: str, budget: int = BUDGET):
     request = parse(f"/p/100/thumbnail/entry_id/0_a/{params}", 100)
-    rendered = render_image(request, data, RenderSettings(90, animation_pixels=budget))
+    rendered = render_image(request.options, data, RenderSettings(90, animation_pixels=budget))
     return rendered, Image.open(io.BytesIO(rendered.body))
 
 

@@ -12,8 +12,9 @@ from PIL import Image, ImageChops
 
 from fixtures.generate import alpha_png, photo_like_jpeg
 from mediaproxy.app import RUNTIME
-from mediaproxy.media.decode import decode_at, reduction
-from mediaproxy.media.thumbnail import (RenderSettings, decode_and_render, derive_and_render, plan_for,
+from mediaproxy.media.decode import decode_at
+from mediaproxy.media.probe import probe
+from mediaproxy.media.thumbnail import (RenderSettings, decode_and_render, decode_scale, derive_and_render,
                                         render_decoded, render_image)
 from mediaproxy.urls import parse
 
@@ -25,7 +26,7 @@ SIZES = ["width/64", "width/200/height/150/type/3", "width/300/height/300/type/2
 
 
 def thumb(path: str):
-    return parse(f"/p/100/thumbnail/entry_id/x/{path}", 100)
+    return parse(f"/p/100/thumbnail/entry_id/x/{path}", 100).options
 
 
 @pytest.mark.parametrize("source", ["jpeg", "rotated_jpeg", "png"])
@@ -33,19 +34,17 @@ def test_a_kept_decode_renders_every_size_of_its_scale_byte_for_byte(source):
     data = {"jpeg": lambda: photo_like_jpeg(1600, 1000, seed=3),
             "rotated_jpeg": lambda: photo_like_jpeg(1600, 1000, seed=4, exif_orientation=6),
             "png": lambda: alpha_png(800, 600)}[source]()
-    image = Image.open(io.BytesIO(data))
-    swapped = source == "rotated_jpeg"
-    oriented = (image.height, image.width) if swapped else image.size
+    image, header = Image.open(io.BytesIO(data)), probe(io.BytesIO(data))
     kept: dict[int, object] = {}
     for size in SIZES:
-        request = thumb(size)
-        scale = reduction(image.size, plan_for(request, oriented, SETTINGS)) if image.format == "JPEG" else 1
-        fresh = render_image(request, data, SETTINGS)
+        options = thumb(size)
+        scale = decode_scale(options, header, SETTINGS)
+        fresh = render_image(options, data, SETTINGS)
         if scale in kept:
-            reused = render_decoded(request, kept[scale], SETTINGS)
+            reused = render_decoded(options, kept[scale], SETTINGS)
             assert "decode" not in reused.timings
         else:
-            kept[scale], reused = decode_and_render(request, data, scale, SETTINGS)
+            kept[scale], reused = decode_and_render(options, data, scale, SETTINGS)
         assert reused.body == fresh.body, (size, scale)
         assert (reused.width, reused.height) == (fresh.width, fresh.height)
     if image.format == "JPEG":
@@ -117,18 +116,17 @@ def within_bound(body: bytes, reference: bytes, output: str) -> None:
 def test_a_size_derived_from_a_finer_kept_picture_is_within_the_bound(source, output):
     data = {"1080p": lambda: photo_like_jpeg(1920, 1080, seed=21),
             "rotated": lambda: photo_like_jpeg(1280, 853, seed=22, exif_orientation=6)}[source]()
-    stored = Image.open(io.BytesIO(data)).size
-    oriented = stored[::-1] if source == "rotated" else stored
+    header = probe(io.BytesIO(data))
     kept = decode_at(data, 1, SETTINGS.max_source_pixels)
     derived_any = False
     for size in [*MIX_SIZES, "width/120/height/90", "width/150/height/150/type/2/bgcolor/ff0000"]:
-        request = thumb(f"{size}/format/{output}")
-        needed = reduction(stored, plan_for(request, oriented, SETTINGS))
-        fresh = render_image(request, data, SETTINGS)
+        options = thumb(f"{size}/format/{output}")
+        needed = decode_scale(options, header, SETTINGS)
+        fresh = render_image(options, data, SETTINGS)
         if needed == 1:
             continue
         derived_any = True
-        level, derived = derive_and_render(request, kept, needed, SETTINGS)
+        level, derived = derive_and_render(options, kept, needed, SETTINGS)
         assert "decode" not in derived.timings and "derive" in derived.timings
         assert level.image.size == decode_at(data, needed, SETTINGS.max_source_pixels).image.size
         assert (derived.width, derived.height) == (fresh.width, fresh.height)

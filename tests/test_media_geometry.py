@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediaproxy.media.geometry import Plan, plan_thumbnail
-from mediaproxy.urls import MAX_DIMENSION, Region, ResizeMode
+from mediaproxy.options import MAX_DIMENSION, Region, ResizeMode
 
 FIT, PAD, CROP_CENTER, CROP_TOP, STRETCH = (ResizeMode.FIT, ResizeMode.PAD, ResizeMode.CROP_CENTER,
                                             ResizeMode.CROP_TOP, ResizeMode.STRETCH)

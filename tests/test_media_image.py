@@ -22,7 +22,8 @@ from mediaproxy.errors import TooLarge, Unprocessable
 from mediaproxy.media.decode import decode
 from mediaproxy.media.geometry import plan_thumbnail
 from mediaproxy.media.thumbnail import Rendered, RenderSettings, render_image, render_pictures
-from mediaproxy.urls import Region, ResizeMode, parse
+from mediaproxy.options import Region, ResizeMode
+from mediaproxy.urls import parse
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 MAGENTA, CYAN, WHITE, BLACK = (255, 0, 255), (0, 255, 255), (255, 255, 255), (0, 0, 0)
@@ -37,13 +38,13 @@ JPEG_TOLERANCE = 40
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-def request(params: str):
-    return parse(f"/p/100/thumbnail/entry_id/0_test/{params}", 100)
+def thumbnail_options(params: str):
+    return parse(f"/p/100/thumbnail/entry_id/0_test/{params}", 100).options
 
 
 def render(data: bytes, params: str, quality: int = 75, **settings) -> tuple[Rendered, Image.Image]:
     """Render `data` for the URL parameters `params`; the result and the output opened with Pillow."""
-    rendered = render_image(request(params), data, RenderSettings(quality, **settings))
+    rendered = render_image(thumbnail_options(params), data, RenderSettings(quality, **settings))
     output = Image.open(io.BytesIO(rendered.body))
     output.load()
     assert (rendered.width, rendered.height) == output.size
@@ -787,7 +788,7 @@ def test_decompression_bomb_is_too_large_whatever_pillows_global_limit(monkeypat
 ])
 def test_render_picture_follows_the_same_plan(params, size, samples):
     picture = quadrants(400, 200)
-    rendered = render_pictures(request(params), [picture], picture.size, RenderSettings(75))
+    rendered = render_pictures(thumbnail_options(params), [picture], picture.size, RenderSettings(75))
     output = Image.open(io.BytesIO(rendered.body))
     assert output.size == size == (rendered.width, rendered.height)
     for xy, colour in samples:
@@ -796,6 +797,6 @@ def test_render_picture_follows_the_same_plan(params, size, samples):
 
 def test_render_picture_flattens_alpha_for_jpg():
     picture = Image.new("RGBA", (40, 40), (255, 0, 255, 0))
-    rendered = render_pictures(request("width/20/format/jpg/bgcolor/00ff00"), [picture], picture.size,
+    rendered = render_pictures(thumbnail_options("width/20/format/jpg/bgcolor/00ff00"), [picture], picture.size,
                                RenderSettings(75))
     assert_colour(Image.open(io.BytesIO(rendered.body)), (10, 10), GREEN, JPEG_TOLERANCE)

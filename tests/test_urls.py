@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mediaproxy.errors import BadRequest, NotFound
+from mediaproxy.options import ThumbnailOptions
 from mediaproxy.refs import EntryRef, FileSelector
 from mediaproxy.urls import (
     ClipRequest,
@@ -389,7 +390,7 @@ def test_missing_entry_id_is_bad_request(service):
 
 def test_thumbnail_defaults():
     request = p(T)
-    assert request == ThumbnailRequest(entry=ENTRY, width=120, height=90)
+    assert request == ThumbnailRequest(entry=ENTRY, options=ThumbnailOptions(width=120, height=90))
     assert request.mode is ResizeMode.FIT
     assert request.bgcolor == 0xFFFFFF
     assert request.quality is None

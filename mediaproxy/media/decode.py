@@ -26,7 +26,10 @@ TRANSPOSES = {  # what turns a picture stored with an EXIF orientation upright (
 _INVERSE = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,  # the others undo themselves
             Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
 _SRGB = ImageCms.createProfile("sRGB")
-DRAFT_GAP = 1.0  # decode at the largest JPEG scale that still has every pixel the output needs (as libvips)
+JPEG_SCALES = (1, 2, 4, 8)  # a JPEG decodes at 1/1, 1/2, 1/4 or 1/8 of its size (Image.draft)
+# Decoded pixels per output pixel, per axis, that shrink-on-load keeps at least: 1.0 decodes at the coarsest JPEG
+# scale that still has every pixel the output needs (as libvips); 2.0 would decode twice that detail.
+DECODE_OVERSAMPLING = 1.0
 # SPEC §2: metadata an output carries is bounded. A larger ICC profile is applied to the pixels instead of copied;
 # EXIF or XMP larger than one JPEG marker segment holds (which Pillow's JPEG writer refuses) is dropped.
 MAX_KEPT_ICC_BYTES = 64 * 1024
@@ -53,15 +56,23 @@ def decode(data: bytes, make_plan: Callable[[tuple[int, int]], Plan], max_pixels
     """Open `data`, plan from its oriented size (`make_plan`), decode only as many pixels as that plan needs."""
     image = open_image(data, max_pixels)
     if image.format in JPEG_FORMATS:  # the EXIF block is read with the header: plan, then decode less
-        plan = make_plan(oriented_size(image.size, orientation_of(image)))
-        return _decode(image, reduction(image.size, plan)), plan
+        scale, plan = scale_on_load(image.size, orientation_of(image), make_plan)
+        return _decode(image, scale), plan
     decoded = _decode(image, 1)  # other formats may keep EXIF after the pixels (PNG), or orient while loading (TIFF)
     return decoded, make_plan(decoded.source_size)
 
 
+def scale_on_load(stored_size: tuple[int, int], orientation: int,
+                  make_plan: Callable[[tuple[int, int]], Plan]) -> tuple[int, Plan]:
+    """For a JPEG of `stored_size` (as in the file) and EXIF `orientation`: the scale (of JPEG_SCALES) `decode`
+    decodes it at, and the plan (`make_plan` is given the oriented size)."""
+    plan = make_plan(oriented_size(stored_size, orientation))
+    return _reduction(stored_size, plan), plan
+
+
 def decode_at(data: bytes, scale: int, max_pixels: int) -> Decoded:
     """`data` decoded at 1/scale (JPEG's 1, 2, 4 or 8; other formats at full size), oriented: the same pixels
-    `decode` produces for a plan whose `reduction` is `scale`, so a copy kept from one serves the other."""
+    `decode` produces where `scale_on_load` gives `scale`, so a copy kept from one serves the other."""
     return _decode(open_image(data, max_pixels), scale)
 
 
@@ -78,13 +89,13 @@ def reduced(decoded: Decoded, factor: int) -> Decoded:
     return Decoded(stored.reduce(factor).transpose(turn), decoded.source_size, decoded.info, decoded.orientation)
 
 
-def reduction(stored_size: tuple[int, int], plan: Plan) -> int:
+def _reduction(stored_size: tuple[int, int], plan: Plan) -> int:
     """The JPEG scale denominator (8, 4, 2 or 1) that still gives `plan` every pixel it needs, as Image.draft
     chooses it. `stored_size` is the size in the file (before orientation); the plan's scale is the same either way."""
-    factor = plan.scale * DRAFT_GAP
+    factor = plan.scale * DECODE_OVERSAMPLING
     wanted = (max(1, round(stored_size[0] * factor)), max(1, round(stored_size[1] * factor)))
     ratio = min(stored_size[0] // wanted[0], stored_size[1] // wanted[1])
-    return next((scale for scale in (8, 4, 2) if ratio >= scale), 1)
+    return next((scale for scale in reversed(JPEG_SCALES) if ratio >= scale), 1)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from ..urls import OutputFormat
+from ..options import OutputFormat
 
 CONTENT_TYPES = {
     OutputFormat.JPG: "image/jpeg",

@@ -1,6 +1,6 @@
 """Where a thumbnail comes from in the source and how big it ends up: pure arithmetic, no pixels (SPEC §2).
 
-`plan_thumbnail` turns the source size and the request's dimensions, mode and source region into a `Plan`: the
+`plan_thumbnail` turns the source size and the options' dimensions, mode and source region into a `Plan`: the
 box of the source to use (fractional source pixels), the size it is scaled to, and for type 2 the canvas it is
 centred on. Decoding, resizing and painting then follow the plan.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..urls import MAX_DIMENSION, Region, ResizeMode
+from ..options import MAX_DIMENSION, Region, ResizeMode
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import BinaryIO
 import av
 from PIL import Image
 
+from .decode import JPEG_FORMATS, orientation_of
 from .video import DEFAULT_MAX_PIXELS, analysis_options, coded_size
 
 
@@ -68,7 +69,7 @@ def _probe_image(source: BinaryIO) -> MediaInfo | None:
             known = _IMAGE_FORMATS.get(image.format or "")
             if known is None:
                 return None
-            orientation = _jpeg_orientation(image) if image.format in ("JPEG", "MPO") else 1
+            orientation = orientation_of(image) if image.format in JPEG_FORMATS else 1
             return MediaInfo(MediaKind.IMAGE, known[0], known[1], image.format, image.width, image.height,
                              frames=getattr(image, "n_frames", 1), orientation=orientation, alpha=has_alpha(image))
     except Exception:  # noqa: BLE001 - Pillow raises many types for "not an image I read"
@@ -78,14 +79,6 @@ def _probe_image(source: BinaryIO) -> MediaInfo | None:
 def has_alpha(image: Image.Image) -> bool:
     """From the header: whether the picture may have transparent pixels."""
     return "A" in image.getbands() or image.mode in ("PA", "La", "RGBa") or "transparency" in image.info
-
-
-def _jpeg_orientation(image: Image.Image) -> int:
-    try:
-        value = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _probe_av(source: BinaryIO, hinted_extension: str, max_pixels: int) -> MediaInfo | None:

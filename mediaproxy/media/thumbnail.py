@@ -2,7 +2,8 @@
 
 `render_image` takes the original's bytes; `render_pictures` takes already decoded pictures (video frames, one or
 a strip), so both enter the same pipeline; an animated source kept animated sends every frame through it. Pure
-functions: no HTTP, no caches; run them on the work pool.
+functions: no HTTP, no caches; they take the picture asked for (`ThumbnailOptions`), never a request. Run them on
+the work pool.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from typing import BinaryIO
 from PIL import Image
 
 from ..errors import BadRequest
-from ..urls import ThumbnailRequest
+from ..options import DEFAULT_QUALITY, STRIP_LIMIT, ThumbnailOptions
 from . import animation, paint
-from .decode import MAX_KEPT_ICC_BYTES, Decoded, decode, decode_at, metadata_of, open_image, reduced
+from .decode import (JPEG_FORMATS, MAX_KEPT_ICC_BYTES, Decoded, decode, decode_at, metadata_of, open_image, reduced,
+                     scale_on_load)
 from .encode import ANIMATES, CONTENT_TYPES, KEEPS_ALPHA, encode, encode_animation
 from .geometry import Plan, plan_thumbnail
-from .video import grab_frames
-
-
-STRIP_LIMIT = 65500  # pixels along a strip (JPEG's limit is 65535)
+from .probe import MediaInfo
+from .video import DEFAULT_MAX_PIXELS, grab_frames
 
 
 @dataclass(frozen=True)
@@ -37,87 +37,98 @@ class Rendered:
 
 @dataclass(frozen=True)
 class RenderSettings:
-    quality: int  # the request's, else the partner's, else 75
-    max_source_pixels: int = 100_000_000
+    quality: int = DEFAULT_QUALITY  # the URL's, else the partner's, else DEFAULT_QUALITY
+    max_source_pixels: int = DEFAULT_MAX_PIXELS
     max_output_pixels: int = 100_000_000
     animation_pixels: int = 0  # > 0: animated sources stay animated in gif/webp within this budget (see animation)
 
 
-def plan_for(request: ThumbnailRequest, source_size: tuple[int, int], settings: RenderSettings) -> Plan:
-    return plan_thumbnail(source_size, request.width, request.height, request.mode, request.region,
-                          request.rel_width, request.rel_height, settings.max_output_pixels)
+def plan_for(options: ThumbnailOptions, source_size: tuple[int, int], settings: RenderSettings) -> Plan:
+    return plan_thumbnail(source_size, options.width, options.height, options.mode, options.region,
+                          options.rel_width, options.rel_height, settings.max_output_pixels)
 
 
-def render_image(request: ThumbnailRequest, data: bytes, settings: RenderSettings) -> Rendered:
-    if settings.animation_pixels and request.format in ANIMATES:
-        animated = _render_animation(request, data, settings)
+def decode_scale(options: ThumbnailOptions, source: MediaInfo, settings: RenderSettings) -> int:
+    """Scale on load, from the probed header alone: the JPEG scale (of decode.JPEG_SCALES) `render_image` decodes
+    `source` at for these options; 1 for other formats. A decoded picture kept for other sizes is known by it."""
+    if source.container not in JPEG_FORMATS:
+        return 1
+    return scale_on_load((source.width, source.height), source.orientation,
+                         lambda size: plan_for(options, size, settings))[0]
+
+
+def render_image(options: ThumbnailOptions, data: bytes, settings: RenderSettings) -> Rendered:
+    """The thumbnail of an image (or of an animation, kept animated where settings.animation_pixels allows), decoded
+    at the scale it needs (`decode_scale`)."""
+    if settings.animation_pixels and options.format in ANIMATES:
+        animated = _render_animation(options, data, settings)
         if animated is not None:
             return animated
     clock = _Clock()
-    decoded, plan = decode(data, lambda size: plan_for(request, size, settings), settings.max_source_pixels)
+    decoded, plan = decode(data, lambda size: plan_for(options, size, settings), settings.max_source_pixels)
     clock.lap("decode")
-    return _render_decoded(request, decoded, plan, settings, clock)
+    return _render_decoded(options, decoded, plan, settings, clock)
 
 
-def decode_and_render(request: ThumbnailRequest, data: bytes, scale: int,
+def decode_and_render(options: ThumbnailOptions, data: bytes, scale: int,
                       settings: RenderSettings) -> tuple[Decoded, Rendered]:
-    """The original decoded at 1/scale (see decode.reduction), and the thumbnail: the caller may keep the decoded
+    """The original decoded at 1/scale (see decode_scale), and the thumbnail: the caller may keep the decoded
     picture, so that other sizes of a hot original skip decoding (`render_decoded`) with byte-identical results."""
     clock = _Clock()
     decoded = decode_at(data, scale, settings.max_source_pixels)
     clock.lap("decode")
-    return decoded, render_decoded(request, decoded, settings, clock)
+    return decoded, render_decoded(options, decoded, settings, clock)
 
 
-def derive_and_render(request: ThumbnailRequest, finer: Decoded, factor: int,
+def derive_and_render(options: ThumbnailOptions, finer: Decoded, factor: int,
                       settings: RenderSettings) -> tuple[Decoded, Rendered]:
     """A kept picture with `factor` times the detail this size needs, reduced to the scale it needs (see
     decode.reduced), and the thumbnail from that: not byte for byte a fresh decode's, within the bound SPEC §2
     states. The caller may keep the reduced picture too."""
-    return _derive_and_render(request, finer, factor, settings, _Clock())
+    return _derive_and_render(options, finer, factor, settings, _Clock())
 
 
-def decode_finer_and_render(request: ThumbnailRequest, data: bytes, scale: int, needed: int,
+def decode_finer_and_render(options: ThumbnailOptions, data: bytes, scale: int, needed: int,
                             settings: RenderSettings) -> tuple[Decoded, Decoded, Rendered]:
     """The original decoded at 1/scale, finer than this size needs (1/needed), to be kept for other sizes; the
     picture reduced to 1/needed; and the thumbnail from that, as derive_and_render gives it."""
     clock = _Clock()
     decoded = decode_at(data, scale, settings.max_source_pixels)
     clock.lap("decode")
-    derived, rendered = _derive_and_render(request, decoded, needed // scale, settings, clock)
+    derived, rendered = _derive_and_render(options, decoded, needed // scale, settings, clock)
     return decoded, derived, rendered
 
 
-def _derive_and_render(request: ThumbnailRequest, finer: Decoded, factor: int, settings: RenderSettings,
+def _derive_and_render(options: ThumbnailOptions, finer: Decoded, factor: int, settings: RenderSettings,
                        clock: _Clock) -> tuple[Decoded, Rendered]:
     derived = reduced(finer, factor)
     clock.lap("derive")
-    return derived, render_decoded(request, derived, settings, clock)
+    return derived, render_decoded(options, derived, settings, clock)
 
 
-def render_decoded(request: ThumbnailRequest, decoded: Decoded, settings: RenderSettings,
+def render_decoded(options: ThumbnailOptions, decoded: Decoded, settings: RenderSettings,
                    clock: _Clock | None = None) -> Rendered:
     """A thumbnail from a picture decoded before (it is only read, so threads may share it)."""
-    return _render_decoded(request, decoded, plan_for(request, decoded.source_size, settings), settings,
+    return _render_decoded(options, decoded, plan_for(options, decoded.source_size, settings), settings,
                            clock or _Clock())
 
 
-def _render_decoded(request: ThumbnailRequest, decoded: Decoded, plan: Plan, settings: RenderSettings,
+def _render_decoded(options: ThumbnailOptions, decoded: Decoded, plan: Plan, settings: RenderSettings,
                     clock: _Clock) -> Rendered:
-    picture = _paint(request, paint.resize(paint.normalise_mode(decoded.image), plan, decoded.shrink), plan)
+    picture = _paint(options, paint.resize(paint.normalise_mode(decoded.image), plan, decoded.shrink), plan)
     if picture is decoded.image:
         picture = picture.copy()  # encoding sets attributes on the image: never on one shared between threads
     clock.lap("resize")
-    return _encode(request, picture, settings, decoded.info, clock)
+    return _encode(options, picture, settings, decoded.info, clock)
 
 
-def _render_animation(request: ThumbnailRequest, data: bytes, settings: RenderSettings) -> Rendered | None:
+def _render_animation(options: ThumbnailOptions, data: bytes, settings: RenderSettings) -> Rendered | None:
     """Every frame resized along one plan, painted and encoded with its timing and the loop count; None (render a
     still) when the source has one frame or animating it would cost more than the budget."""
     clock = _Clock()
     image = open_image(data, settings.max_source_pixels)
     source_size = animation.upright_size(image)
-    plan = plan_for(request, source_size, settings)
+    plan = plan_for(options, source_size, settings)
     if not animation.within_budget(animation.frame_count(image), source_size, plan.output_size,
                                    settings.animation_pixels):
         return None
@@ -129,64 +140,64 @@ def _render_animation(request: ThumbnailRequest, data: bytes, settings: RenderSe
     pictures, durations = [], []
     for frame in frames:
         picture = paint.resize(paint.normalise_mode(frame.image), plan, (1.0, 1.0))
-        pictures.append(_paint(request, picture, plan))
+        pictures.append(_paint(options, picture, plan))
         durations.append(frame.duration)
     clock.lap("resize")
-    body = encode_animation(pictures, durations, loop, request.format, settings.quality, density=request.density,
-                            metadata=None if request.strip else metadata)
+    body = encode_animation(pictures, durations, loop, options.format, settings.quality, density=options.density,
+                            metadata=None if options.strip else metadata)
     clock.lap("encode")
     width, height = pictures[0].size
-    return Rendered(body, CONTENT_TYPES[request.format], width, height, clock.laps, frames=len(pictures))
+    return Rendered(body, CONTENT_TYPES[options.format], width, height, clock.laps, frames=len(pictures))
 
 
-def render_video(request: ThumbnailRequest, source: BinaryIO, times: list[float], display_size: tuple[int, int],
+def render_video(options: ThumbnailOptions, source: BinaryIO, times: list[float], display_size: tuple[int, int],
                  settings: RenderSettings, keyframes: tuple[float, ...] | None = None) -> Rendered:
     """Frames at `times` (one, or a strip), grabbed already shrunk to the detail the plan needs."""
     clock = _Clock()
-    plan = plan_for(request, display_size, settings)
+    plan = plan_for(options, display_size, settings)
     width, height = plan.output_size
     if len(times) > 1 and width * len(times) >= STRIP_LIMIT:
         raise BadRequest(f"vid_slices: a strip of {len(times)} frames {width} wide is too large (limit {STRIP_LIMIT})")
     frames = grab_frames(source, times, min(1.0, plan.scale), keyframes, settings.max_source_pixels)
     clock.lap("decode")
-    return render_pictures(request, frames, display_size, settings, clock)
+    return render_pictures(options, frames, display_size, settings, clock)
 
 
-def render_pictures(request: ThumbnailRequest, pictures: list[Image.Image], source_size: tuple[int, int],
+def render_pictures(options: ThumbnailOptions, pictures: list[Image.Image], source_size: tuple[int, int],
                     settings: RenderSettings, clock: _Clock | None = None) -> Rendered:
     """Pictures already decoded and upright (video frames, possibly shrunk from `source_size`) through the same
     steps; several pictures (a strip) are laid side by side, the first on the left."""
-    plan = plan_for(request, source_size, settings)
-    tiles = [_paint(request, paint.resize(paint.normalise_mode(picture), plan,
+    plan = plan_for(options, source_size, settings)
+    tiles = [_paint(options, paint.resize(paint.normalise_mode(picture), plan,
                                           (picture.width / source_size[0], picture.height / source_size[1])), plan)
              for picture in pictures]
     clock = clock or _Clock()
     if len(tiles) == 1:
         clock.lap("resize")
-        return _encode(request, tiles[0], settings, {}, clock)
+        return _encode(options, tiles[0], settings, {}, clock)
     strip = Image.new(tiles[0].mode, (sum(tile.width for tile in tiles), max(tile.height for tile in tiles)))
     left = 0
     for tile in tiles:
         strip.paste(tile, (left, 0))
         left += tile.width
     clock.lap("resize")
-    return _encode(request, strip, settings, {}, clock)
+    return _encode(options, strip, settings, {}, clock)
 
 
-def _paint(request: ThumbnailRequest, picture: Image.Image, plan: Plan) -> Image.Image:
-    if request.format not in KEEPS_ALPHA:
-        picture = paint.flatten(picture, request.bgcolor)
+def _paint(options: ThumbnailOptions, picture: Image.Image, plan: Plan) -> Image.Image:
+    if options.format not in KEEPS_ALPHA:
+        picture = paint.flatten(picture, options.bgcolor)
     if plan.canvas is not None:
-        picture = paint.pad(picture, plan.canvas, request.bgcolor)
+        picture = paint.pad(picture, plan.canvas, options.bgcolor)
     return picture
 
 
-def _encode(request: ThumbnailRequest, picture: Image.Image, settings: RenderSettings, metadata: dict,
+def _encode(options: ThumbnailOptions, picture: Image.Image, settings: RenderSettings, metadata: dict,
             clock: _Clock) -> Rendered:
-    body = encode(picture, request.format, settings.quality, density=request.density,
-                  metadata=None if request.strip else metadata)
+    body = encode(picture, options.format, settings.quality, density=options.density,
+                  metadata=None if options.strip else metadata)
     clock.lap("encode")
-    return Rendered(body, CONTENT_TYPES[request.format], picture.width, picture.height, clock.laps)
+    return Rendered(body, CONTENT_TYPES[options.format], picture.width, picture.height, clock.laps)
 
 
 class _Clock:

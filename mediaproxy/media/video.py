@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,11 +20,11 @@ import av
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from PIL import Image
 
-from ..config import LimitsConfig
 from ..errors import BadRequest, TooLarge, Unprocessable
 
-# What probing and opening decode at most per frame unless told a limit (services pass the configured one).
-DEFAULT_MAX_PIXELS = LimitsConfig.max_source_pixels
+# What probing and opening decode at most per frame unless told a limit (services pass the configured one,
+# `[limits] max_source_pixels`, whose default this is).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def analysis_options(max_pixels: int) -> dict[str, str]:
@@ -160,9 +161,7 @@ class _ForwardDecoder:
     def _seek(self, target: float) -> None:
         """Position the decoder at a keyframe at or before `target`; where the demuxer lands late (or nowhere,
         as FLV without an index may), step further back until a frame at or before the target comes out."""
-        back = 0.0
-        while True:
-            position = max(target - back, 0.0)
+        for position in _walk_back(target):
             try:
                 # freshly opened, the start needs no seek (and seeking a short MPEG-TS to its start lands at its end)
                 if position > 0.0 or self.frames is not None:
@@ -179,7 +178,6 @@ class _ForwardDecoder:
             if position == 0.0 or (first_time is not None and first_time <= target + 1e-6):
                 self.pending = first
                 return
-            back = max(back * 2, 1.0)
 
     def _decode(self):
         try:
@@ -426,9 +424,7 @@ def _from_keyframe(container, video, audio, start: float):
     index, a start inside the last GOP).
     """
     streams = [stream for stream in (video, audio) if stream is not None]
-    back = 0.0
-    while True:
-        position = max(start - back, 0.0)
+    for position in _walk_back(start):
         try:
             container.seek(int(position / video.time_base), stream=video, backward=True, any_frame=False)
         except av.FFmpegError:
@@ -454,5 +450,17 @@ def _from_keyframe(container, video, audio, start: float):
             if best is not None:
                 return iter(held), best
             if position == 0.0:
-                raise Unprocessable("the video has no keyframe to start a clip at")
+                break  # read from the start, and none
+    raise Unprocessable("the video has no keyframe to start a clip at")
+
+
+def _walk_back(target: float) -> Iterator[float]:
+    """Where to seek for `target` (seconds) when a demuxer may land after what was asked: the target, then 1, 2,
+    4, ... s before it, and last the start (0)."""
+    back = 0.0
+    while True:
+        position = max(target - back, 0.0)
+        yield position
+        if position == 0.0:
+            return
         back = max(back * 2, 1.0)

@@ -7,7 +7,6 @@ ETag and Last-Modified (304 when the client's copy is current).
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import functools
 import hashlib
@@ -26,23 +25,22 @@ from ..config import Config
 from ..errors import FlavorNotFound, TooLarge, Unprocessable
 from ..cache.memory import EntryKeys, MemoryCache
 from ..media.animation import ANIMATED_SOURCES, within_budget
-from ..media.decode import JPEG_FORMATS, reduction
+from ..media.decode import JPEG_SCALES
 from ..media.encode import ANIMATES
 from ..media.probe import MediaInfo, MediaKind, has_alpha
-from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render,
+from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render, decode_scale,
                                derive_and_render, plan_for, render_decoded, render_image, render_video)
 from ..media.video import frame_times
+from ..options import DEFAULT_QUALITY, OutputFormat
 from ..refs import FileSelector, Purged
 from ..request_keys import TIER
 from ..responses import cache_control, not_modified, server_timing
-from ..urls import OutputFormat, ThumbnailRequest
+from ..urls import ThumbnailRequest
 from ..workpool import WorkPool
 from .sources import Source, Sources
 
-DEFAULT_QUALITY = 75
 BUNDLED_AUDIO_PLACEHOLDER = Path(__file__).resolve().parent.parent / "assets" / "audio.png"
 _LOSSY = frozenset({OutputFormat.JPG, OutputFormat.WEBP, OutputFormat.AVIF})
-_JPEG_SCALES = (1, 2, 4, 8)  # the reductions a JPEG decodes at (decode.reduction)
 
 
 class ThumbnailService:
@@ -64,8 +62,7 @@ class ThumbnailService:
         source = await self._source(request)
         negotiated = self._negotiates(request)
         if negotiated:  # from here on the request names the format it is answered in
-            request = dataclasses.replace(request, format=self._negotiate(request, source,
-                                                                          http_request.headers.get("Accept", "")))
+            request = request.in_format(self._negotiate(request, source, http_request.headers.get("Accept", "")))
         memo = (request, negotiated, source.file.identity, source.file.manifest.thumb_offset)
         prepared = self._prepared.get(memo)
         if prepared is None:  # what hot requests would recompute every time: the key, times, validators
@@ -103,7 +100,7 @@ class ThumbnailService:
         if not self.animation_pixels or media.container not in ANIMATED_SOURCES or media.frames < 2:
             return False
         size = (media.width, media.height)
-        return within_budget(media.frames, size, plan_for(request, size, self._limits).output_size,
+        return within_budget(media.frames, size, plan_for(request.options, size, self._limits).output_size,
                              self.animation_pixels)
 
     def forget_purged(self, purged: Purged) -> None:
@@ -158,27 +155,28 @@ class ThumbnailService:
         finer scale is reduced to it (and that kept too), within the bound of SPEC §2. An original asked again in
         more detail than kept is decoded at full scale (or the finest that may be kept), so that every later size
         of it derives from that one decode, whatever order the sizes come in."""
+        options = request.options
         if settings.animation_pixels:  # every frame, from the original
-            return await self.pool.run(render_image, request, await self.sources.read_bytes(source.file), settings)
+            return await self.pool.run(render_image, options, await self.sources.read_bytes(source.file), settings)
         identity = source.file.owner  # the file and its identity: a purge of its entry drops them
-        needed = _jpeg_scale(request, source.media, settings)
-        for scale in reversed([scale for scale in _JPEG_SCALES if scale <= needed]):
+        needed = decode_scale(options, source.media, settings)
+        for scale in reversed([scale for scale in JPEG_SCALES if scale <= needed]):
             kept = self.decoded.get(("decoded", identity, scale))
             if kept is None:
                 continue
             if scale == needed:
-                return await self.pool.run(render_decoded, request, kept, settings)
-            derived, rendered = await self.pool.run(derive_and_render, request, kept, needed // scale, settings)
+                return await self.pool.run(render_decoded, options, kept, settings)
+            derived, rendered = await self.pool.run(derive_and_render, options, kept, needed // scale, settings)
             self.decoded.put(("decoded", identity, needed), derived)
             return rendered
         asked_before = any(self.decoded.get(("decoded", identity, coarser)) is not None
-                           for coarser in _JPEG_SCALES if coarser > needed)
+                           for coarser in JPEG_SCALES if coarser > needed)
         scale = self._finest_kept_scale(source.media, needed) if asked_before else needed
         data = await self.sources.read_bytes(source.file)
         if scale == needed:
-            decoded, rendered = await self.pool.run(decode_and_render, request, data, scale, settings)
+            decoded, rendered = await self.pool.run(decode_and_render, options, data, scale, settings)
         else:
-            decoded, derived, rendered = await self.pool.run(decode_finer_and_render, request, data, scale, needed,
+            decoded, derived, rendered = await self.pool.run(decode_finer_and_render, options, data, scale, needed,
                                                              settings)
             self.decoded.put(("decoded", identity, needed), derived)
         self.decoded.put(("decoded", identity, scale), decoded)
@@ -187,7 +185,7 @@ class ThumbnailService:
     def _finest_kept_scale(self, media: MediaInfo, needed: int) -> int:
         """The finest JPEG scale, down to `needed`, whose decoded picture (RGB: 4 bytes a pixel in Pillow) is small
         enough to be kept."""
-        return next((scale for scale in _JPEG_SCALES if scale < needed and math.ceil(media.width / scale)
+        return next((scale for scale in JPEG_SCALES if scale < needed and math.ceil(media.width / scale)
                      * math.ceil(media.height / scale) * 4 <= self.decoded.item_limit), needed)
 
     async def _render(self, request: ThumbnailRequest, source: Source, prepared: _Prepared) -> Result:
@@ -198,9 +196,9 @@ class ThumbnailService:
         elif media.kind is MediaKind.VIDEO:
             info = await self.sources.video_info(source)
             rendered = await self.sources.read(source.file, lambda opened: render_video(
-                request, opened, times, (info.width, info.height), settings, info.keyframes))
+                request.options, opened, times, (info.width, info.height), settings, info.keyframes))
         elif media.kind is MediaKind.AUDIO:
-            rendered = await self.pool.run(render_image, request, self.placeholder, settings)
+            rendered = await self.pool.run(render_image, request.options, self.placeholder, settings)
         else:
             raise Unprocessable(f"entry {request.entry.entry_id} is not an image, a video or audio")
         return _result(rendered)
@@ -256,15 +254,6 @@ def _refuse_oversized(media: MediaInfo, max_pixels: int) -> None:
     if media.width * media.height > max_pixels:
         what = "the original is" if media.kind is MediaKind.IMAGE else "the video's frames are"
         raise TooLarge(f"{what} {media.width}x{media.height} pixels (limit {max_pixels})")
-
-
-def _jpeg_scale(request: ThumbnailRequest, media: MediaInfo, settings: RenderSettings) -> int:
-    """The JPEG reduction this thumbnail decodes at (1 for other formats): the key of a kept decoded picture."""
-    if media.container not in JPEG_FORMATS:
-        return 1
-    stored = (media.width, media.height)
-    oriented = (media.height, media.width) if media.orientation in (5, 6, 7, 8) else stored
-    return reduction(stored, plan_for(request, oriented, settings))
 
 
 def _result(rendered: Rendered) -> Result:
