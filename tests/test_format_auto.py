@@ -169,3 +169,32 @@ async def test_video_frames_and_audio_placeholders_negotiate_too(client):
     placeholder, body = await fetch(client, f"{THUMB}/entry_id/0_audio/width/64/format/auto", "*/*")
     assert placeholder.status == 200 and placeholder.headers["Vary"] == "Accept"
     assert Image.open(io.BytesIO(body)).width == 64
+
+
+def _psnr(image: Image.Image, reference: Image.Image) -> float:
+    import math
+
+    from PIL import ImageChops
+
+    histogram = ImageChops.difference(image.convert("RGB"), reference.convert("RGB")).histogram()
+    squares = sum(value * value * count for channel in range(3)
+                  for value, count in enumerate(histogram[channel * 256:(channel + 1) * 256]))
+    return 10 * math.log10(255 ** 2 * 3 * image.width * image.height / max(squares, 1))
+
+
+async def test_a_negotiated_format_keeps_jpegs_fidelity_in_fewer_bytes(serve, tmp_path):
+    """The quality asked (or the default) was meant for JPEG: a negotiated AVIF or WebP uses its own setting of
+    about that fidelity (SPEC §2), so it is smaller than the JPEG answer and about as close to the picture."""
+    root = tmp_path / "origin"
+    make_entry(root, 100, "0_big", {"original.jpg": photo_like_jpeg(1920, 1080, quality=90, seed=1)})
+    client = await serve(config(tmp_path, root))
+    path = f"{THUMB}/entry_id/0_big/width/640/height/480/type/3"
+    _, lossless = await fetch(client, path + "/format/png", None)
+    reference = Image.open(io.BytesIO(lossless))
+    _, jpeg = await fetch(client, path + "/format/auto", "*/*")
+    for accept in ("image/avif,image/webp,*/*", "image/webp,*/*"):
+        response, body = await fetch(client, path + "/format/auto", accept)
+        assert response.headers["Content-Type"] != "image/jpeg"
+        assert len(body) < 0.8 * len(jpeg), (accept, len(body), len(jpeg))
+        picture = Image.open(io.BytesIO(body))
+        assert _psnr(picture, reference) > _psnr(Image.open(io.BytesIO(jpeg)), reference) - 1.0, accept

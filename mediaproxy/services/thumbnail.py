@@ -26,7 +26,7 @@ from ..errors import FlavorNotFound, TooLarge, Unprocessable
 from ..cache.memory import EntryKeys, MemoryCache
 from ..media.animation import ANIMATED_SOURCES, within_budget
 from ..media.decode import JPEG_SCALES
-from ..media.encode import ANIMATES
+from ..media.encode import ANIMATES, equivalent_quality
 from ..media.probe import MediaInfo, MediaKind, has_alpha
 from ..media.thumbnail import (Rendered, RenderSettings, decode_and_render, decode_finer_and_render, decode_scale,
                                derive_and_render, plan_for, render_decoded, render_image, render_video)
@@ -110,6 +110,8 @@ class ThumbnailService:
     async def _prepare(self, request: ThumbnailRequest, source: Source, negotiated: bool) -> _Prepared:
         partner = self.config.partner(request.entry.partner_id)
         quality = request.quality or partner.quality or DEFAULT_QUALITY
+        if negotiated:  # the quality asked was meant for JPEG: the chosen format's setting of that fidelity
+            quality = equivalent_quality(request.format, quality)
         key = f"{request.cache_key()}|q={quality if request.format in _LOSSY else '-'}|{source.file.identity}"
         animates = request.format in ANIMATES and self._animated(request, source.media)
         if animates:
