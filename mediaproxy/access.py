@@ -85,14 +85,7 @@ def ks_shape(ks: str) -> KsShape:
     """A KS read without verifying it (for explaining links); BadKs when it is not even shaped like one."""
     raw = _decode(ks)
     if raw.startswith(b"v2|"):
-        try:
-            _, partner, ciphertext = raw.split(b"|", 2)
-            partner_id = int(partner)
-        except ValueError:
-            raise BadKs("invalid KS: malformed v2 header") from None
-        if not ciphertext or len(ciphertext) % 16:
-            raise BadKs("invalid KS: malformed v2 payload")
-        return KsShape(2, partner_id)
+        return KsShape(2, _v2_parts(raw)[0])
     signature, separator, info = raw.partition(b"|")
     if not separator or len(signature) != 40 or not all(byte in b"0123456789abcdefABCDEF" for byte in signature):
         raise BadKs("invalid KS: unknown format")
@@ -137,7 +130,8 @@ def _parse_v1(raw: bytes, secrets: Iterable[str]) -> Session:
         raise BadKs("invalid KS: malformed fields") from None
 
 
-def _parse_v2(raw: bytes, secrets: Iterable[str]) -> Session:
+def _v2_parts(raw: bytes) -> tuple[int, bytes]:
+    """(partner id, ciphertext) of a v2 KS: `v2|{partner}|{AES blocks}`."""
     try:
         _, partner, ciphertext = raw.split(b"|", 2)
         partner_id = int(partner)
@@ -145,6 +139,11 @@ def _parse_v2(raw: bytes, secrets: Iterable[str]) -> Session:
         raise BadKs("invalid KS: malformed v2 header") from None
     if not ciphertext or len(ciphertext) % 16:
         raise BadKs("invalid KS: malformed v2 payload")
+    return partner_id, ciphertext
+
+
+def _parse_v2(raw: bytes, secrets: Iterable[str]) -> Session:
+    partner_id, ciphertext = _v2_parts(raw)
     for secret in secrets:
         plain = _aes(secret, ciphertext, decrypt=True).rstrip(b"\0")
         digest, rest = plain[:20], plain[20:]

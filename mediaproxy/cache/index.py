@@ -289,29 +289,25 @@ def _open(path: Path) -> sqlite3.Connection:
     return db
 
 
-class _read:
-    """BEGIN … COMMIT: one snapshot for several reads."""
+class _transaction:
+    """BEGIN … COMMIT (ROLLBACK on an error). `write`: BEGIN IMMEDIATE, the write lock for the whole change;
+    else one snapshot for several reads."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, *, write: bool) -> None:
         self.db = db
+        self.begin = "BEGIN IMMEDIATE" if write else "BEGIN"
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN")
+        self.db.execute(self.begin)
         return self.db
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-class _write:
-    """BEGIN IMMEDIATE … COMMIT: the write lock for the whole change (ROLLBACK on an error)."""
+def _read(db: sqlite3.Connection) -> _transaction:
+    return _transaction(db, write=False)
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
 
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+def _write(db: sqlite3.Connection) -> _transaction:
+    return _transaction(db, write=True)
