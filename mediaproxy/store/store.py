@@ -212,7 +212,12 @@ class Store:
             return blob.body
         if self._loop is None or threading.get_ident() == self._loop_thread:
             raise RuntimeError("remote originals are read from worker threads, never on the event loop")
-        fetch = asyncio.run_coroutine_threadsafe(self.block(file, index), self._loop)
+        coroutine = self.block(file, index)
+        try:
+            fetch = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop has closed: the server is gone
+            coroutine.close()
+            raise UpstreamTimeout("the original could not be read (shutting down)") from None
         give_up = time.monotonic() + 2 * self.wait_seconds + 5  # a fetch is bounded; so is waiting for one
         with waiting_for_io():  # this job's CPU slot serves another meanwhile
             while True:
