@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from fixtures import servers
+from fixtures.servers import free_port, wait_until  # noqa: F401 - for the tests: a port; until() without a loop
 from mediaproxy.app import make_app
 from mediaproxy.config import Config, load
 
@@ -20,19 +19,13 @@ FIXTURE_MEDIA = REPO / "fixtures" / "media"
 
 def require_tool(name: str) -> str:
     """The path of a system tool; tests that need a missing one skip, or fail where CI demands every tool."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = servers.find_tool(name)
     if path is None:
         message = f"{name} is not installed (.ci/run installs it)"
         if os.environ.get("MEDIAPROXY_REQUIRE_TOOLS"):
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_config(tmp_path: Path, origin: str | None = None, extra: str = "") -> Config:
@@ -65,60 +58,15 @@ def make_entry(root: Path, partner_id: int, entry_id: str, files: dict[str, byte
     return folder
 
 
-class Nginx:
+class Nginx(servers.Nginx):
     """nginx serving `root` on a loopback port, with an access log the tests read."""
 
     def __init__(self, root: Path, workdir: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "access.log"
-        conf = workdir / "nginx.conf"
-        conf.write_text(f"""
-daemon off;
-master_process off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    log_format requests '$request_method $uri $status';
-    access_log {self.log} requests;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    types {{ image/jpeg jpg; video/mp4 mp4; application/json json; }}
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {root};
-        etag on;
-    }}
-}}
-""")
-        self.process = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
+        super().__init__(root, workdir, log=("$request_method", "$uri", "$status"), executable=require_tool("nginx"))
 
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of every request nginx answered so far."""
-        if not self.log.exists():
-            return []
-        lines = self.log.read_text().splitlines()
-        return [(m, p, int(s)) for m, p, s in (line.split() for line in lines)]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        return [(method, path, int(status)) for method, path, status in self.logged()]
 
 
 @pytest.fixture
@@ -131,6 +79,24 @@ def nginx(tmp_path):
     server = Nginx(root, workdir)
     yield server
     server.stop()
+
+
+class Server(servers.Mediaproxy):
+    """A real `mediaproxy serve` process (fixtures.servers.Mediaproxy) for async tests: its waits keep the test's
+    event loop running, for the requests in flight and any upstream served from it."""
+
+    async def up(self, timeout: float = 30) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.wait_up, timeout)
+
+    async def exited(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after `timeout`."""
+        try:
+            await until(lambda: self.process.poll() is not None, timeout, interval=0.05)
+        except AssertionError:
+            return None
+        return self.process.returncode
 
 
 async def send_raw(client, target: str, method: str = "GET", headers: dict[str, str] | None = None):
@@ -156,6 +122,19 @@ async def send_raw(client, target: str, method: str = "GET", headers: dict[str, 
     return int(status_line.split()[1]), parsed, body
 
 
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, label_text = sample.partition("{")
+        if sample_name == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0
+
+
 def cache_entries(cache_dir: Path) -> list[dict]:
     """The trailer headers (ns, key, size, digest, meta; plus "path") of every entry file in a disk cache, read
     from the documented format: body, JSON header, its 4-byte big-endian length, b"MPB2"."""
@@ -174,13 +153,22 @@ def cache_entries(cache_dir: Path) -> list[dict]:
     return entries
 
 
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Let the event loop run until predicate() holds (thread callbacks and evictions finish in the background)."""
+async def until(predicate, timeout: float = 5.0, interval: float = 0.005,
+                failure: str = "condition not reached in time") -> None:
+    """Let the event loop run until predicate() holds (thread callbacks and evictions finish in the background);
+    AssertionError(failure) after `timeout` seconds. predicate() may return an awaitable (it asks a server). For
+    code without an event loop: wait_until, its twin."""
     import asyncio
+    import inspect
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
+            raise AssertionError(failure)
+        await asyncio.sleep(interval)

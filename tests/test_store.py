@@ -17,10 +17,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
-import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,12 +29,13 @@ import av
 import pytest
 from PIL import Image
 
+from fixtures import servers
 from mediaproxy.app import RUNTIME, make_app
 from mediaproxy.refs import EntryRef
 from mediaproxy.store.reader import BlockReader
 
-from .conftest import FIXTURE_MEDIA, cache_entries, free_port, make_config, require_tool, until
-from .test_resilience import Server, unlimited_session
+from .conftest import FIXTURE_MEDIA, Server, cache_entries, make_config, require_tool, until
+from .test_resilience import unlimited_session
 
 MB = 1 << 20
 BLOCK = MB  # the default block_bytes
@@ -112,73 +111,24 @@ class Logged:
     if_range: str
 
 
-class RangeNginx:
+class RangeNginx(servers.Nginx):
     """nginx serving `root`, logging what the store's requests cost: status, body bytes, Range and If-Range.
     `server` adds directives to its server block (`limit_rate 4m;`...)."""
 
     def __init__(self, root: Path, workdir: Path, server: str = "") -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / "access.log"
-        conf = workdir / "nginx.conf"
-        conf.write_text(f"""
-daemon off;
-master_process off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log;
-events {{ worker_connections 512; }}
-http {{
-    log_format store '$request_method\t$uri\t$status\t$body_bytes_sent\t$http_range\t$http_if_range';
-    access_log {self.log} store;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    types {{ image/jpeg jpg; video/mp4 mp4; application/json json; }}
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {root};
-        etag on;
-        {server}
-    }}
-}}
-""")
-        self.process = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
+        super().__init__(root, workdir, server_extra=server, executable=require_tool("nginx"), log=(
+            "$request_method", "$uri", "$status", "$body_bytes_sent", "$http_range", "$http_if_range"))
 
     def requests(self, path_end: str = "") -> list[Logged]:
-        if not self.log.exists():
-            return []
-        found = []
-        for line in self.log.read_text().splitlines():
-            method, path, status, sent, asked, if_range = line.split("\t")
-            if path.endswith(path_end):
-                found.append(Logged(method, path, int(status), int(sent), "" if asked == "-" else asked,
-                                    "" if if_range == "-" else if_range))
-        return found
+        return [Logged(method, path, int(status), int(sent), "" if asked == "-" else asked,
+                       "" if if_range == "-" else if_range)
+                for method, path, status, sent, asked, if_range in self.logged() if path.endswith(path_end)]
 
     def gets(self, path_end: str) -> list[Logged]:
         return [line for line in self.requests(path_end) if line.method == "GET"]
 
     def sent(self, path_end: str) -> int:
         return sum(line.sent for line in self.gets(path_end))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -341,24 +291,11 @@ async def servers(tmp_path: Path, origin: str, extra: str = "", *, count: int = 
     started = [Server(tmp_path / "config.toml", tmp_path / f"server{index}.log", workers=workers)
                for index in range(count)]
     try:
-        await asyncio.gather(*(server.wait_up() for server in started))
-        if workers > 1:
-            await asyncio.gather(*(all_listening(server, workers) for server in started))
+        await asyncio.gather(*(server.up() for server in started))
         yield started
     finally:
         for server in started:
             server.stop()
-
-
-async def all_listening(server: Server, workers: int, timeout: float = 30) -> None:
-    """Until /healthz has been answered by `workers` different processes (each listens on the shared port)."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + timeout
-    async with unlimited_session() as session:
-        while len(seen) < workers:
-            assert time.monotonic() < deadline, f"only workers {seen} answer"
-            async with session.get(server.url + "/healthz") as response:
-                seen.add((await response.json())["worker"])
 
 
 def answering_workers(server: Server, path_part: str) -> Counter:
