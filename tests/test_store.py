@@ -504,7 +504,7 @@ class PyUpstream:
         self.open: Counter = Counter()
         self.most: Counter = Counter()
         self.closed: list[tuple[str, float]] = []
-        self.stopping = False
+        self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -515,7 +515,7 @@ class PyUpstream:
 
     async def stop(self) -> None:
         self.server.close()
-        self.stopping = True
+        self.stopping.set()
         for writer in list(self._writers):
             writer.close()
         await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 10)
@@ -591,7 +591,7 @@ class PyUpstream:
             part = part[:len(part) // 2]
         if behaviour == "drip":
             for offset in range(len(part)):
-                if self.stopping:
+                if self.stopping.is_set():
                     return
                 writer.write(part[offset:offset + 1])
                 await writer.drain()
@@ -599,8 +599,8 @@ class PyUpstream:
             return
         writer.write(part)
         await writer.drain()
-        while behaviour == "stall" and not self.stopping:
-            await asyncio.sleep(0.05)
+        if behaviour == "stall":  # half the body, then nothing until the upstream stops
+            await self.stopping.wait()
 
 
 @asynccontextmanager
@@ -730,10 +730,12 @@ async def test_an_unknown_entry_costs_a_bounded_number_of_requests_remembered_ac
         for url in urls:  # remembered, by either worker
             assert (await fetch(session, url))[0] == 404
         assert len(upstream.requests()) == seen
-        while len(upstream.requests()) == seen:  # asked again once not_found_seconds are over, not before
+
+        async def asked_again() -> bool:  # once not_found_seconds are over, not before
             assert (await fetch(session, urls[1]))[0] == 404
-            assert loop.time() - before < not_found + 10
-            await asyncio.sleep(0.05)  # polling
+            return len(upstream.requests()) > seen
+
+        await until(asked_again, not_found + 10, interval=0.05)
         assert loop.time() - before >= not_found - 0.1
         assert len(upstream.requests()) - seen == 1 + len(extensions)
 
