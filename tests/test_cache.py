@@ -17,7 +17,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -535,6 +534,11 @@ def test_memory_cache_put_of_an_oversized_value_does_not_leave_the_old_one():
 # ---------------------------------------------------------------------------------------------------- SingleFlight
 
 
+def callers(flight: SingleFlight, key: str) -> int:
+    """How many callers wait for `key`'s work (they have reached the flight and joined it)."""
+    return flight._waiters.get(key, 0)
+
+
 async def test_single_flight_runs_identical_work_once():
     flight: SingleFlight[str] = SingleFlight()
     release = asyncio.Event()
@@ -547,7 +551,7 @@ async def test_single_flight_runs_identical_work_once():
         return "result"
 
     waiters = [asyncio.create_task(flight.run("key", work)) for _ in range(20)]
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 20)
     assert len(flight) == 1
     release.set()
     assert await asyncio.gather(*waiters) == ["result"] * 20
@@ -568,7 +572,7 @@ async def test_single_flight_different_keys_run_separately():
         return work
 
     waiters = [asyncio.create_task(flight.run(key, work_for(key))) for key in ("a", "b", "a", "b", "c")]
-    await asyncio.sleep(0)
+    await until(lambda: sum(callers(flight, key) for key in "abc") == 5)
     assert len(flight) == 3
     release.set()
     assert await asyncio.gather(*waiters) == ["A", "B", "A", "B", "C"]
@@ -588,7 +592,7 @@ async def test_single_flight_exception_reaches_every_waiter_and_the_next_call_ru
         raise ValueError("upstream 500")
 
     waiters = [asyncio.create_task(flight.run("key", failing)) for _ in range(5)]
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 5)
     release.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(result, ValueError) and str(result) == "upstream 500" for result in results)
@@ -619,7 +623,7 @@ async def test_single_flight_cancelled_caller_does_not_cancel_the_work():
 
     first = asyncio.create_task(flight.run("key", work))  # the caller that started the work
     others = [asyncio.create_task(flight.run("key", work)) for _ in range(3)]
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 4)
     first.cancel()  # its client disconnected
     others[0].cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -647,13 +651,13 @@ async def test_single_flight_work_outlives_its_only_caller_and_a_late_caller_joi
         return "late"
 
     lonely = asyncio.create_task(flight.run("key", work))
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 1)
     lonely.cancel()
     with pytest.raises(asyncio.CancelledError):
         await lonely
     assert len(flight) == 1  # still in flight
     late = asyncio.create_task(flight.run("key", work))
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 1)  # the late caller joined before the work ends
     release.set()
     assert await late == "late"
     assert calls == 1
@@ -673,12 +677,14 @@ async def test_single_flight_unawaited_failure_is_not_reported_as_never_retrieve
             raise ValueError("nobody is listening")
 
         lonely = asyncio.create_task(flight.run("key", failing))
-        await asyncio.sleep(0)
+        await until(lambda: callers(flight, "key") == 1)
         lonely.cancel()
         with pytest.raises(asyncio.CancelledError):
             await lonely
         release.set()
         await until(lambda: len(flight) == 0)
+        # nothing may be reported: one turn of the loop for what the finished work schedules, then for what
+        # collecting it would (an absence has no moment to wait for)
         await asyncio.sleep(0)
         gc.collect()
         await asyncio.sleep(0)
@@ -699,7 +705,7 @@ async def test_single_flight_with_orphan_grace_cancels_work_nobody_waits_for():
             raise
 
     caller = asyncio.create_task(flight.run("key", fetch))
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 1)
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
@@ -716,11 +722,12 @@ async def test_single_flight_with_orphan_grace_keeps_work_a_new_caller_joins():
         return "block"
 
     first = asyncio.create_task(flight.run("key", fetch))
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 1)
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
     second = asyncio.create_task(flight.run("key", fetch))  # joins within the grace
-    await asyncio.sleep(0.1)
+    await until(lambda: callers(flight, "key") == 1)
+    await asyncio.sleep(0.1)  # twice the grace: the fetch would have been cancelled by now, had nobody joined
     release.set()
     assert await second == "block"

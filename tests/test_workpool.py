@@ -144,7 +144,7 @@ async def test_cancelled_waiter_keeps_counting_until_the_thread_finishes(make_po
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # a pool that let go of the job on cancellation would show it within this window
     assert pool.pending == 1  # the thread is still busy with the job
     assert not gate.finished.is_set()
     with pytest.raises(Overloaded):  # and it still occupies the pool's capacity
@@ -173,8 +173,7 @@ async def test_cancelled_waiter_of_a_queued_job_frees_its_slot_and_the_job_never
 
     gate.release.set()
     assert await running == "running"
-    await until(lambda: pool.pending == 0)
-    await asyncio.sleep(0.02)
+    await until(lambda: pool.pending == 0)  # settled: a job that ran would have set `ran` before this
     assert not ran.is_set()
 
 
