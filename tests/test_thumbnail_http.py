@@ -20,7 +20,7 @@ from PIL import Image, ImageCms
 from fixtures.generate import alpha_png, colour_for_second, photo_like_image, photo_like_jpeg
 from mediaproxy.app import RUNTIME, make_app
 
-from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw
+from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw, until
 
 PHOTO = FIXTURE_MEDIA / "100" / "0_photo" / "original.jpg"  # 1280×853, red marker top-left
 THUMB = "/p/100/sp/10000/thumbnail"
@@ -133,13 +133,12 @@ def count_renders(app) -> list[str]:
 
 
 async def cached_result_files(cache_dir: Path, body: bytes, timeout: float = 5.0) -> list[Path]:
-    """The disk-cache entries whose body is `body` (waits for the write behind the response)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [path for path in (cache_dir / "data").glob("*/*") if path.read_bytes().startswith(body)]
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.05)
+    """The disk-cache entries whose body is `body`, once there is one (the write comes behind the response)."""
+    def found() -> list[Path]:
+        return [path for path in (cache_dir / "data").glob("*/*") if path.read_bytes().startswith(body)]
+
+    await until(found, timeout, interval=0.05, failure="the rendered bytes never reached the disk cache")
+    return found()
 
 
 # ------------------------------------------------------------------------------------------------ grammar
