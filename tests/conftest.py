@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,19 @@ def make_entry(root: Path, partner_id: int, entry_id: str, files: dict[str, byte
     return folder
 
 
+@contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("1m") mounted at the new folder `mount`: a disk that really fills up."""
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk tests: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 class Nginx(servers.Nginx):
     """nginx serving `root` on a loopback port, with an access log the tests read."""
 
@@ -89,6 +105,18 @@ class Server(servers.Mediaproxy):
         import asyncio
 
         await asyncio.to_thread(self.wait_up, timeout)
+
+    async def __aenter__(self) -> Server:
+        """Up (every worker); stopped at the end of the block, whatever happened (SIGTERM, then SIGKILL)."""
+        try:
+            await self.up()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop()
 
     async def exited(self, timeout: float) -> int | None:
         """The exit code, or None if still running after `timeout`."""

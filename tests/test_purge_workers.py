@@ -132,9 +132,7 @@ async def test_one_notification_reaches_every_worker(tmp_path, request, origin_k
         entry = nginx.root / "100" / "0_swap"
         origin = f'kind = "http"\nurl = "{nginx.url}"'
     make_config(tmp_path, origin + "\nrevalidate_seconds = 3600\nnot_found_seconds = 3600", PARTNERS)
-    server = Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2)
-    try:
-        await server.up()  # both workers
+    async with Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2) as server:  # both workers up
         assert_all(await every_worker(server, THUMB), pictures=RED)
         blue = put_original(entry, BLUE, later=10)
         assert_all(await every_worker(server, THUMB), pictures=RED)  # trusted for an hour, on every worker
@@ -144,8 +142,6 @@ async def test_one_notification_reaches_every_worker(tmp_path, request, origin_k
         assert_all(await every_worker(server, RAW), body=blue)
         if origin_kind == "local":
             await deleted_then_purged_by_the_command(server, tmp_path / "config.toml", entry)
-    finally:
-        server.stop()
     assert "Traceback" not in server.output()
 
 

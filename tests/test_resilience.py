@@ -211,32 +211,27 @@ async def test_kill_9_while_writing_the_cache_never_serves_a_partial_file(tmp_pa
     config_file = write_config(tmp_path, nginx.url, "[processing]\nthreads = 2\n")
     cache = tmp_path / "cache"
     urls = crash_urls()
-    first = Server(config_file, tmp_path / "first.log")
-    second = None
-    try:
-        await first.up()
-        async with unlimited_session() as session:
-            tasks = [asyncio.create_task(get(session, first.url + path)) for path, _, _ in urls]
-            await wait_for_moment(cache, moment, first.process)
-            first.kill()
-            answers = await asyncio.gather(*tasks, return_exceptions=True)
-        killed = first.pid
+    async with Server(config_file, tmp_path / "first.log") as first, unlimited_session() as session:
+        tasks = [asyncio.create_task(get(session, first.url + path)) for path, _, _ in urls]
+        await wait_for_moment(cache, moment, first.process)
+        first.kill()
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+    killed = first.pid
 
-        # on disk right after the kill: only whole entries; leftovers are the killed writer's tmp files
-        leftovers = part_files(cache)
-        assert all(path.name.startswith(f"{killed}-") for path in leftovers), leftovers
-        if moment in ("first-part", "first-commit"):
-            assert leftovers, "the kill came after every write had finished: no write was interrupted"
-        check_cache(cache)
-        # what was answered before the kill was whole (a cut transfer is an exception, never a short 200)
-        for (path, kind, expected), answer in zip(urls, answers):
-            if not isinstance(answer, BaseException):
-                check_answer(kind, expected, answer[0], answer[2], digests, f"before the kill: {path}")
-        interrupted = sum(isinstance(answer, BaseException) for answer in answers)
-        assert interrupted, "nothing was in flight when the server was killed"
+    # on disk right after the kill: only whole entries; leftovers are the killed writer's tmp files
+    leftovers = part_files(cache)
+    assert all(path.name.startswith(f"{killed}-") for path in leftovers), leftovers
+    if moment in ("first-part", "first-commit"):
+        assert leftovers, "the kill came after every write had finished: no write was interrupted"
+    check_cache(cache)
+    # what was answered before the kill was whole (a cut transfer is an exception, never a short 200)
+    for (path, kind, expected), answer in zip(urls, answers):
+        if not isinstance(answer, BaseException):
+            check_answer(kind, expected, answer[0], answer[2], digests, f"before the kill: {path}")
+    interrupted = sum(isinstance(answer, BaseException) for answer in answers)
+    assert interrupted, "nothing was in flight when the server was killed"
 
-        second = Server(config_file, tmp_path / "second.log")
-        await second.up()
+    async with Server(config_file, tmp_path / "second.log") as second:
         assert not [path for path in leftovers if path.exists()], "tmp files of the killed writer survived a restart"
         assert not [path for path in part_files(cache) if path.name.startswith(f"{killed}-")]
         async with unlimited_session() as session:
@@ -245,15 +240,11 @@ async def test_kill_9_while_writing_the_cache_never_serves_a_partial_file(tmp_pa
             check_answer(kind, expected, status, body, digests, f"after the restart: {path}")
         second.process.send_signal(signal.SIGTERM)
         assert await second.exited(20) == 0, second.output()
-        counts = check_cache(cache)
-        assert counts["originals"] == sum(blocks_of(size) for size in RAW_SIZES.values()) + len(PHOTOS)
-        assert counts["results"] == len(PHOTOS) * len(THUMB_WIDTHS)
-        assert not part_files(cache)
-        assert "Traceback" not in second.output()
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    counts = check_cache(cache)
+    assert counts["originals"] == sum(blocks_of(size) for size in RAW_SIZES.values()) + len(PHOTOS)
+    assert counts["results"] == len(PHOTOS) * len(THUMB_WIDTHS)
+    assert not part_files(cache)
+    assert "Traceback" not in second.output()
 
 
 async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, nginx, big_media):
@@ -262,10 +253,7 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
     cache = tmp_path / "cache"
     paths = {entry: f"/p/100/raw/entry_id/{entry}" for entry in ("0_big1", "0_big2", "0_pic1", "0_pic2")}
     thumb = "/p/100/thumbnail/entry_id/0_pic1/width/320"
-    first = Server(config_file, tmp_path / "first.log")
-    second = None
-    try:
-        await first.up()
+    async with Server(config_file, tmp_path / "first.log") as first:
         async with unlimited_session() as session:
             for entry, path in paths.items():
                 status, _, body = await get(session, first.url + path)
@@ -274,23 +262,22 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
             check_answer("thumb", 320, status, thumbnail, digests, thumb)
         first.process.send_signal(signal.SIGTERM)
         assert await first.exited(20) == 0, first.output()
-        check_cache(cache)
+    check_cache(cache)
 
-        truncated = find_entry(cache, "/0_big1/original.bin|", "|0")
-        with open(truncated, "r+b") as file:  # a torn write: half the bytes
-            file.truncate(truncated.stat().st_size // 2)
-        flipped = find_entry(cache, "/0_big2/original.bin|", "|0")
-        with open(flipped, "r+b") as file:  # a disk fault: same size, other bytes
-            file.seek(12345)
-            file.write(b"\x00" * 4096)
-        short = find_entry(cache, "/0_pic1/original.jpg|")
-        short.write_bytes(b"")  # an empty file
-        blob = find_entry(cache, "0_pic1", "width=320")
-        blob.write_bytes(blob.read_bytes()[:-100])  # a cut result
-        before_restart = len(nginx.requests())
+    truncated = find_entry(cache, "/0_big1/original.bin|", "|0")
+    with open(truncated, "r+b") as file:  # a torn write: half the bytes
+        file.truncate(truncated.stat().st_size // 2)
+    flipped = find_entry(cache, "/0_big2/original.bin|", "|0")
+    with open(flipped, "r+b") as file:  # a disk fault: same size, other bytes
+        file.seek(12345)
+        file.write(b"\x00" * 4096)
+    short = find_entry(cache, "/0_pic1/original.jpg|")
+    short.write_bytes(b"")  # an empty file
+    blob = find_entry(cache, "0_pic1", "width=320")
+    blob.write_bytes(blob.read_bytes()[:-100])  # a cut result
+    before_restart = len(nginx.requests())
 
-        second = Server(config_file, tmp_path / "second.log")
-        await second.up()
+    async with Server(config_file, tmp_path / "second.log") as second:
         async with unlimited_session() as session:
             for entry, path in paths.items():
                 status, _, body = await get(session, second.url + path)
@@ -303,13 +290,9 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
                              "/100/0_pic1/original.jpg": 1}  # the damaged blocks, and only them
         second.process.send_signal(signal.SIGTERM)
         assert await second.exited(20) == 0, second.output()
-        counts = check_cache(cache)  # the damaged entries were replaced by whole ones
-        assert counts["originals"] == blocks_of(RAW_SIZES["0_big1"]) + blocks_of(RAW_SIZES["0_big2"]) + 2
-        find_entry(cache, "0_pic1", "width=320")
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    counts = check_cache(cache)  # the damaged entries were replaced by whole ones
+    assert counts["originals"] == blocks_of(RAW_SIZES["0_big1"]) + blocks_of(RAW_SIZES["0_big2"]) + 2
+    find_entry(cache, "0_pic1", "width=320")
 
 
 # --------------------------------------------------------------------------------------------------- overload
@@ -499,6 +482,12 @@ def slow_upstream(huge_photo):
     upstream.stop()
 
 
+def slow_server(tmp_path: Path, slow_upstream: SlowUpstream, workers: int = 1) -> Server:
+    """A server on the slow upstream with one render thread (`async with` it)."""
+    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+    return Server(config_file, tmp_path / "server.log", workers=workers)
+
+
 async def wait_refused(port: int, timeout: float = 5) -> float:
     """When the port first refused a connection (polled from a thread: the test's loop keeps reading answers)."""
     await until(lambda: asyncio.to_thread(refused, port), timeout, interval=0.05,
@@ -507,11 +496,8 @@ async def wait_refused(port: int, timeout: float = 5) -> float:
 
 
 async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log")
-    try:
-        await server.up()
+    async with slow_server(tmp_path, slow_upstream) as server:
         async with unlimited_session() as session:
             raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
             thumbs = [asyncio.create_task(get(session, server.url + f"/p/100/thumbnail/entry_id/0_huge/width/{w}"))
@@ -546,16 +532,11 @@ async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_ups
         assert counts["originals"] == blocks_of(12 * MB) + blocks_of(len(huge))
         assert counts["results"] == 2  # results written behind were flushed at exit
         assert "Traceback" not in server.output()
-    finally:
-        server.stop()
 
 
 async def test_sigterm_with_a_hung_upstream_exits_in_bounded_time_and_removes_tmp_files(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log")
-    try:
-        await server.up()
+    async with slow_server(tmp_path, slow_upstream) as server:
         async with unlimited_session() as session:
             hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
             assert await asyncio.to_thread(slow_upstream.stalled.wait, 10), "the hung original never started"
@@ -574,8 +555,6 @@ async def test_sigterm_with_a_hung_upstream_exits_in_bounded_time_and_removes_tm
             assert answer[0][0] != 200, "a partial original was served"
         assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
         assert check_cache(cache)["originals"] == 0  # nothing of the hung original counts as cached
-    finally:
-        server.stop()
 
 
 def descendants(pid: int) -> list[int]:
@@ -608,6 +587,16 @@ def workers(pid: int) -> list[int]:
     return [child for child in descendants(pid) if b"spawn_main" in _cmdline(child)]
 
 
+@pytest.fixture
+def family():
+    """The processes a test's server started, as the test records them: any still alive at the end are killed."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -616,20 +605,15 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def test_sigterm_to_the_supervisor_stops_every_worker_after_their_requests(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+async def test_sigterm_to_the_supervisor_stops_every_worker_after_their_requests(tmp_path, slow_upstream, family):
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log", workers=2)
-    family: list[int] = []
-    try:
-        await server.up()
-        await until(lambda: len(workers(server.pid)) >= 2, 30, interval=0.1)
-        assert len(workers(server.pid)) == 2, workers(server.pid)
+    async with slow_server(tmp_path, slow_upstream, workers=2) as server:
+        assert len(workers(server.pid)) == 2, workers(server.pid)  # both answered already
         async with unlimited_session() as session:
             raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
             started = await asyncio.to_thread(slow_upstream.sending["100/0_slow/original.bin"].wait, 10)
             assert started, "the slow original never started downloading"
-            family = descendants(server.pid)
+            family.extend(descendants(server.pid))
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             await wait_refused(server.port, timeout=10)
@@ -642,19 +626,11 @@ async def test_sigterm_to_the_supervisor_stops_every_worker_after_their_requests
         assert refused(server.port), "something still holds the port"
         assert not part_files(cache)
         assert "Traceback" not in server.output()
-    finally:
-        server.stop()
-        for pid in family:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 async def test_sigterm_to_the_supervisor_with_a_hung_upstream_leaves_no_tmp_files(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log", workers=2)
-    try:
-        await server.up()
+    async with slow_server(tmp_path, slow_upstream, workers=2) as server:
         async with unlimited_session() as session:
             hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
             assert await asyncio.to_thread(slow_upstream.stalled.wait, 10), "the hung original never started"
@@ -663,31 +639,21 @@ async def test_sigterm_to_the_supervisor_with_a_hung_upstream_leaves_no_tmp_file
             await asyncio.gather(hung, return_exceptions=True)
         assert code == 0, server.output()
         assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
-    finally:
-        server.stop()
 
 
-async def test_sigterm_after_clips_leaves_no_process_of_the_group(tmp_path):
+async def test_sigterm_after_clips_leaves_no_process_of_the_group(tmp_path, family):
     """Clips (by index, and remuxed into another container) are cut inside the workers: after SIGTERM the
     supervisor and every process it started are gone within shutdown_seconds and a margin."""
     make_config(tmp_path, extra="[server]\nshutdown_seconds = 2\n")
-    server = Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2)
-    family: list[int] = []
-    try:
-        await server.up()
+    async with Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2) as server:
         async with unlimited_session() as session:
             paths = [f"/p/100/flvclipper/entry_id/0_video/clip_from/{start}/clip_to/{start + 2000}{suffix}"
                      for start in (0, 1000, 2000, 3000) for suffix in ("", "/a.flv")]
             answers = await asyncio.gather(*(get(session, server.url + path) for path in paths * 2))
         assert all(status == 200 and body for status, _, body in answers)
-        family = descendants(server.pid)
+        family.extend(descendants(server.pid))
         server.process.send_signal(signal.SIGTERM)
         assert await server.exited(2 * 3 + 10) == 0, server.output()
         await until(lambda: not any(alive(pid) for pid in family), 5, interval=0.1,
                     failure="processes outlived the supervisor")
         assert "Traceback" not in server.output()
-    finally:
-        server.stop()
-        for pid in family:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)

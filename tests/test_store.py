@@ -34,7 +34,7 @@ from mediaproxy.app import RUNTIME, make_app
 from mediaproxy.refs import EntryRef
 from mediaproxy.store.reader import BlockReader
 
-from .conftest import FIXTURE_MEDIA, Server, cache_entries, make_config, require_tool, until
+from .conftest import FIXTURE_MEDIA, Server, cache_entries, make_config, require_tool, tmpfs, until
 from .test_resilience import unlimited_session
 
 MB = 1 << 20
@@ -291,7 +291,7 @@ async def servers(tmp_path: Path, origin: str, extra: str = "", *, count: int = 
     started = [Server(tmp_path / "config.toml", tmp_path / f"server{index}.log", workers=workers)
                for index in range(count)]
     try:
-        await asyncio.gather(*(server.up() for server in started))
+        await asyncio.gather(*(server.up() for server in started))  # together: each waits in a thread
         yield started
     finally:
         for server in started:
@@ -951,23 +951,17 @@ async def test_a_failed_block_fetch_fails_that_request_keeps_nothing_and_is_fetc
 @pytest.fixture
 def full_cache_disk(tmp_path: Path):
     """A 4 MB tmpfs where the server's cache goes (tmp_path / "cache"); `fill()` leaves it no byte free."""
-    mount = tmp_path / "cache"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-disk test: {result.stderr.decode().strip()}")
+    with tmpfs(tmp_path / "cache", "4m") as mount:
+        def fill() -> None:
+            with open(mount / "filler", "wb") as filler:
+                try:
+                    while True:
+                        filler.write(b"\0" * 65_536)
+                        filler.flush()
+                except OSError:
+                    pass
 
-    def fill() -> None:
-        with open(mount / "filler", "wb") as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 65_536)
-                    filler.flush()
-            except OSError:
-                pass
-
-    yield fill
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+        yield fill
 
 
 async def test_a_full_disk_serves_everything_uncached_reports_degraded_and_logs_once(serve, tmp_path, nginx,
