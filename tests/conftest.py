@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import subprocess
@@ -29,6 +31,22 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# Every way a Kaltura URL may name the service and the photo entry (each service's tests add their own forms)
+URL_FORMS = [
+    "/p/100/sp/10000/{service}/entry_id/0_photo",
+    "/p/100/{service}/entry_id/0_photo",
+    "/s/p/100/sp/10000/{service}/entry_id/0_photo",
+    "/p/100/sp/10000/{service}?entry_id=0_photo",
+    "/p/100/sp/10000/{service}/entry_id/0_photo/name.jpg",
+    "/p/100/sp/10000/{service}/entryId/0_photo",
+    "/p//100/sp/10000///{service}/entry_id/0_photo/",
+]
+
+
+def url_forms(service: str) -> list[str]:
+    return [form.format(service=service) for form in URL_FORMS]
 
 
 def make_config(tmp_path: Path, origin: str | None = None, extra: str = "") -> Config:
@@ -102,8 +120,6 @@ class Server(servers.Mediaproxy):
     event loop running, for the requests in flight and any upstream served from it."""
 
     async def up(self, timeout: float = 30) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.wait_up, timeout)
 
     async def __aenter__(self) -> Server:
@@ -127,13 +143,49 @@ class Server(servers.Mediaproxy):
         return self.process.returncode
 
 
+class LoopbackUpstream:
+    """A misbehaving HTTP upstream on a loopback port, written on asyncio streams: a subclass's `handle(reader,
+    writer)` serves each connection (closed after it). stop() sets `stopping` (for answers that hang until then),
+    closes every connection and waits until each one's answer has finished."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: any free port
+        self.stopping = asyncio.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        self.server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await until(lambda: not self._writers, 10)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            await self.handle(reader, writer)
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+
 async def send_raw(client, target: str, method: str = "GET", headers: dict[str, str] | None = None):
     """Send a request target exactly as given (HTTP clients normalise `..`, `//` and escapes; attackers don't).
 
     Returns (status, headers with lower-case names, body).
     """
-    import asyncio
-
     reader, writer = await asyncio.open_connection(client.host, client.port)
     lines = [f"{method} {target} HTTP/1.1", f"Host: {client.host}", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
@@ -186,8 +238,6 @@ async def until(predicate, timeout: float = 5.0, interval: float = 0.005,
     """Let the event loop run until predicate() holds (thread callbacks and evictions finish in the background);
     AssertionError(failure) after `timeout` seconds. predicate() may return an awaitable (it asks a server). For
     code without an event loop: wait_until, its twin."""
-    import asyncio
-    import inspect
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -534,6 +534,15 @@ def callers(flight: SingleFlight, key: str) -> int:
     return flight._waiters.get(key, 0)
 
 
+async def caller_gone(flight: SingleFlight, work) -> None:
+    """A caller of `key`'s work that goes away (its client disconnected) once it has joined the flight."""
+    caller = asyncio.create_task(flight.run("key", work))
+    await until(lambda: callers(flight, "key") == 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
 class Gated:
     """Work that counts its runs (`calls`), waits for `release`, then returns `result` or raises `error`."""
 
@@ -634,11 +643,7 @@ async def test_single_flight_cancelled_caller_does_not_cancel_the_work():
 async def test_single_flight_work_outlives_its_only_caller_and_a_late_caller_joins_it():
     flight: SingleFlight[str] = SingleFlight()
     work = Gated("late")
-    lonely = asyncio.create_task(flight.run("key", work))
-    await until(lambda: callers(flight, "key") == 1)
-    lonely.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await lonely
+    await caller_gone(flight, work)  # its only caller
     assert len(flight) == 1  # still in flight
     late = asyncio.create_task(flight.run("key", work))
     await until(lambda: callers(flight, "key") == 1)  # the late caller joined before the work ends
@@ -655,11 +660,7 @@ async def test_single_flight_unawaited_failure_is_not_reported_as_never_retrieve
     try:
         flight: SingleFlight[str] = SingleFlight()
         failing = Gated(error=ValueError("nobody is listening"))
-        lonely = asyncio.create_task(flight.run("key", failing))
-        await until(lambda: callers(flight, "key") == 1)
-        lonely.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await lonely
+        await caller_gone(flight, failing)
         failing.release.set()
         await until(lambda: len(flight) == 0)
         # nothing may be reported: one turn of the loop for what the finished work schedules, then for what
@@ -683,11 +684,7 @@ async def test_single_flight_with_orphan_grace_cancels_work_nobody_waits_for():
             cancelled.set()
             raise
 
-    caller = asyncio.create_task(flight.run("key", fetch))
-    await until(lambda: callers(flight, "key") == 1)
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+    await caller_gone(flight, fetch)
     await asyncio.wait_for(cancelled.wait(), 5)
     await until(lambda: len(flight) == 0)
 
@@ -695,11 +692,7 @@ async def test_single_flight_with_orphan_grace_cancels_work_nobody_waits_for():
 async def test_single_flight_with_orphan_grace_keeps_work_a_new_caller_joins():
     flight: SingleFlight[str] = SingleFlight(orphan_grace=0.05)
     fetch = Gated("block")
-    first = asyncio.create_task(flight.run("key", fetch))
-    await until(lambda: callers(flight, "key") == 1)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await caller_gone(flight, fetch)
     second = asyncio.create_task(flight.run("key", fetch))  # joins within the grace
     await until(lambda: callers(flight, "key") == 1)
     await asyncio.sleep(0.1)  # twice the grace: the fetch would have been cancelled by now, had nobody joined

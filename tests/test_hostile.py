@@ -44,7 +44,8 @@ from mediaproxy import urls
 from mediaproxy.errors import BadRequest, NotFound
 from mediaproxy.refs import ID_PATTERN
 
-from .conftest import FIXTURE_MEDIA, REPO, cache_entries, free_port, make_config, make_entry, send_raw, until
+from .conftest import (FIXTURE_MEDIA, REPO, LoopbackUpstream, cache_entries, free_port, make_config, make_entry,
+                       send_raw, until)
 
 PHOTO = FIXTURE_MEDIA / "100" / "0_photo" / "original.jpg"
 VIDEO = FIXTURE_MEDIA / "100" / "0_video" / "original.mp4"
@@ -923,7 +924,7 @@ def _has_reader(fifo: Path) -> bool:
 # =============================================================================================================
 
 
-class FaultyUpstream:
+class FaultyUpstream(LoopbackUpstream):
     """A loopback HTTP/1.1 upstream: `original.jpg` of every entry answers as `mode` says (changeable between
     requests), `entry.json` is `manifest` (None: a 404). Counts the GETs of each path; one request per connection."""
 
@@ -931,33 +932,14 @@ class FaultyUpstream:
              "longer", "bad_length", "two_lengths", "negative_length")
 
     def __init__(self, body: bytes, port: int = 0) -> None:
+        super().__init__(port)
         self.body = body
-        self.port = port
         self.mode = "ok"
         self.manifest: bytes | None = None
         self.gets: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
-        self._release = asyncio.Event()
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> FaultyUpstream:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        self._release.set()
-        self.server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await until(lambda: not self._writers)  # every connection's handler has finished
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
@@ -974,9 +956,6 @@ class FaultyUpstream:
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
 
     async def _answer(self, method: str, writer: asyncio.StreamWriter) -> None:
         body, size, half = self.body, len(self.body), self.body[: len(self.body) // 2]
@@ -997,11 +976,11 @@ class FaultyUpstream:
         elif mode == "garbage":
             writer.write(b"garbage\r\n\r\n")
         elif mode == "hang":
-            await self._release.wait()
+            await self.stopping.wait()
         elif mode == "stall_mid_body":
             writer.write(head("200 OK", f"Content-Length: {size}") + half)
             await writer.drain()
-            await self._release.wait()
+            await self.stopping.wait()
         elif mode == "truncated":
             writer.write(head("200 OK", f"Content-Length: {size}") + half)
         elif mode == "truncated_chunked":

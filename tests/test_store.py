@@ -34,7 +34,8 @@ from mediaproxy.app import RUNTIME, make_app
 from mediaproxy.refs import EntryRef
 from mediaproxy.store.reader import BlockReader
 
-from .conftest import FIXTURE_MEDIA, Server, cache_entries, make_config, require_tool, tmpfs, until
+from .conftest import (FIXTURE_MEDIA, LoopbackUpstream, Server, cache_entries, make_config, require_tool, tmpfs,
+                       until)
 from .test_resilience import unlimited_session
 
 MB = 1 << 20
@@ -482,7 +483,7 @@ async def test_the_originals_budget_holds_across_two_workers(tmp_path, upstream)
 # =============================================================================================================
 
 
-class PyUpstream:
+class PyUpstream(LoopbackUpstream):
     """A loopback HTTP/1.1 origin (one request per connection) for the tests' faults.
 
     `files[path] = body`, served under `etags[path]` (change both to change the file): HEAD, GET, `Range` (206) and
@@ -496,6 +497,7 @@ class PyUpstream:
     """
 
     def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__()
         self.files = dict(files)
         self.etags = {path: f'"v1-{len(body)}"' for path, body in files.items()}
         self.behave = lambda method, path, asked: None
@@ -504,28 +506,11 @@ class PyUpstream:
         self.open: Counter = Counter()
         self.most: Counter = Counter()
         self.closed: list[tuple[str, float]] = []
-        self.stopping = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> PyUpstream:
-        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def stop(self) -> None:
-        self.server.close()
-        self.stopping.set()
-        for writer in list(self._writers):
-            writer.close()
-        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 10)
 
     def gets(self, path: str) -> list[tuple[str, str, str, str, int]]:
         return [line for line in self.log if line[0] == "GET" and line[1] == path]
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tasks.add(asyncio.current_task())
-        self._writers.add(writer)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         path = None
         try:
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -536,9 +521,9 @@ class PyUpstream:
             self.open[path] += 1
             self.most[path] = max(self.most[path], self.open[path])
             gone = asyncio.ensure_future(reader.read(1))  # b"": the client closed its end
-            answer = asyncio.ensure_future(self._answer(method, path, headers, writer))
-            await asyncio.wait([gone, answer], return_when=asyncio.FIRST_COMPLETED)
-            answer.cancel()
+            answering = asyncio.ensure_future(self._answer(method, path, headers, writer))
+            await asyncio.wait([gone, answering], return_when=asyncio.FIRST_COMPLETED)
+            answering.cancel()
             gone.cancel()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -547,8 +532,6 @@ class PyUpstream:
             if path is not None:
                 self.open[path] -= 1
                 self.closed.append((path, asyncio.get_running_loop().time()))
-            self._tasks.discard(asyncio.current_task())
-            self._writers.discard(writer)
 
     async def _answer(self, method: str, path: str, headers: dict[str, str], writer: asyncio.StreamWriter) -> None:
         asked, if_range = headers.get("range", ""), headers.get("if-range", "")

@@ -20,7 +20,7 @@ from PIL import Image, ImageCms
 from fixtures.generate import alpha_png, colour_for_second, photo_like_image, photo_like_jpeg
 from mediaproxy.app import RUNTIME, make_app
 
-from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw, until
+from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw, until, url_forms
 
 PHOTO = FIXTURE_MEDIA / "100" / "0_photo" / "original.jpg"  # 1280×853, red marker top-left
 THUMB = "/p/100/sp/10000/thumbnail"
@@ -145,15 +145,9 @@ async def cached_result_files(cache_dir: Path, body: bytes, timeout: float = 5.0
 
 
 @pytest.mark.parametrize("path", [
-    "/p/100/sp/10000/thumbnail/entry_id/0_photo",
-    "/p/100/thumbnail/entry_id/0_photo",
-    "/s/p/100/sp/10000/thumbnail/entry_id/0_photo",
-    "/p/100/sp/10000/thumbnail?entry_id=0_photo",
+    *url_forms("thumbnail"),
     "/p/100/sp/10000/thumbnail/entry_id/0_photo.jpg",
-    "/p/100/sp/10000/thumbnail/entry_id/0_photo/name.jpg",
-    "/p/100/sp/10000/thumbnail/entryId/0_photo",
     "/p/100/sp/10000/thumbnail/entry_id/0_photo?clientTag=x&playSessionId=y",
-    "/p//100/sp/10000///thumbnail/entry_id/0_photo/",
 ])
 async def test_every_url_form_reaches_the_thumbnail(client, path):
     status, headers, body = await send_raw(client, path)
