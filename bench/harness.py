@@ -8,126 +8,60 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from fixtures import servers
+from fixtures.servers import children, find_tool, free_port, wait_for  # noqa: F401 - children, wait_for: scenarios
+
 CORES = os.cpu_count() or 1
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
 def tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = find_tool(name)
     if path is None:
         raise SystemExit(f"bench: {name} is not installed (apt-get install -y {name})")
     return path
 
 
-class Mediaproxy:
-    """`mediaproxy serve` as a user runs it, on a config written for the benchmark."""
+class Mediaproxy(servers.Mediaproxy):
+    """`mediaproxy serve` as a user runs it, on a config written for the benchmark (no access log; originals
+    trusted for an hour)."""
 
     def __init__(self, workdir: Path, origin_root: Path | None = None, extra: str = "", workers: int = CORES,
                  environment: dict[str, str] | None = None, origin: str | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "mediaproxy.toml"
         origin = origin or f'root = "{origin_root}"'  # or an http origin's lines
-        config.write_text(f'[server]\nport = {self.port}\nworkers = {workers}\naccess_log = false\n'
+        config.write_text(f'[server]\naccess_log = false\n'
                           f'[origin]\n{origin}\nrevalidate_seconds = 3600\n'
                           f'[cache]\ndir = "{workdir / "cache"}"\n{extra}\n')
-        self.log = open(workdir / "mediaproxy.log", "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-                                        env={**os.environ, **(environment or {})})
-
-    def __enter__(self) -> Mediaproxy:
-        return self
+        super().__init__(config, workdir / "mediaproxy.log", workers=workers, environment=environment)
 
     def __exit__(self, *exc) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+        self.stop(20)
 
 
-class Nginx:
+class Nginx(servers.Nginx):
     """nginx serving a folder of static files on loopback, one worker process per core (its default tuning).
 
     `server_extra`: more directives for its server block (a `limit_rate`, an `mp4` location); with `log`, every
     request is logged as "method uri status bytes_sent" (see `sent`)."""
 
     def __init__(self, workdir: Path, root: Path, *, server_extra: str = "", log: bool = False) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / "access.log"
-        access = f"log_format sent '$request_method $uri $status $bytes_sent';\n    access_log {self.log} sent;" \
-            if log else "access_log off;"
-        conf = workdir / "nginx.conf"
-        conf.write_text(f"""
-daemon off;
-worker_processes auto;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log;
-user root;
-events {{ worker_connections 1024; }}
-http {{
-    {access}
-    sendfile on;
-    types {{ image/jpeg jpg; video/mp4 mp4; }}
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    server {{ listen 127.0.0.1:{self.port}; root {root}; {server_extra} }}
-}}
-""")
-        self.process = subprocess.Popen([tool("nginx"), "-c", str(conf), "-p", str(workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        super().__init__(root, workdir, server_extra=server_extra, tuned=True, executable=tool("nginx"),
+                         log=("$request_method", "$uri", "$status", "$bytes_sent") if log else ())
 
     def sent(self) -> int:
         """Bytes nginx has sent so far (headers included), from its access log (nginx writes each line when the
         request ends)."""
-        if not self.log.exists():
-            return 0
-        return sum(int(line.split()[3]) for line in self.log.read_text().splitlines() if line.strip())
-
-    def __enter__(self) -> Nginx:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        return sum(int(fields[3]) for fields in self.logged())
 
 
 class BareAiohttp:
@@ -158,37 +92,6 @@ class Load:
     latency_ms_p99: float
 
 
-_WRK_SCRIPT = """
-local counter = 0
-local threads = 0
-local prefix = "{prefix}"
-local suffix = "{suffix}"
-local modulo = {modulo}
-local unique = {unique}
-function setup(thread)
-  threads = threads + 1
-  thread:set("offset", {offset_base} + threads * 1000000)
-end
-function init(args)
-  counter = offset
-end
-request = function()
-  if unique then
-    counter = counter + 1
-    local value = counter
-    if modulo > 0 then value = counter % modulo end
-    return wrk.format("GET", prefix .. value .. suffix)
-  end
-  return wrk.format("GET", prefix)
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %f %f\\n", summary.requests,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status
-    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-"""
-
-
 def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int = 1, unique: bool = False,
         offset: int = 0, modulo: int = 0, suffix: str = "") -> Load:
     """Drive GET url+path (with unique=True: path + a counter, so every request is a new cache key).
@@ -196,9 +99,14 @@ def wrk(url: str, path: str, *, seconds: float, connections: int, threads: int =
     Counters start at offset + 1,000,000 × thread number: keep offset + threads × 1e6 under 10,000,000 when the
     counter is a `version` (which is clamped there). With `modulo`, the path is prefix + counter % modulo + suffix.
     """
-    script = _WRK_SCRIPT.format(prefix=path, suffix=suffix, modulo=modulo, unique="true" if unique else "false",
-                                offset_base=offset)
-    return _run_wrk(url, script, threads=threads, seconds=seconds, connections=connections)
+    value = f"counter % {modulo}" if modulo > 0 else "counter"
+    body = f'return wrk.format("GET", prefix .. {value} .. suffix)' if unique else 'return wrk.format("GET", prefix)'
+    return wrk_lua(url, body, seconds=seconds, connections=connections, threads=threads, offset=offset,
+                   prelude=f"local prefix = {_lua_string(path)}\nlocal suffix = {_lua_string(suffix)}")
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _run_wrk(url: str, lua: str, *, threads: int, seconds: float, connections: int) -> Load:
@@ -240,19 +148,20 @@ end
 """
 
 
-def wrk_lua(url: str, body: str, *, seconds: float, connections: int, prelude: str = "", offset: int = 0) -> Load:
+def wrk_lua(url: str, body: str, *, seconds: float, connections: int, prelude: str = "", offset: int = 0,
+            threads: int = 1) -> Load:
     """Drive url with requests made by a Lua `request` body that sees `counter` (offset + 1,000,000 × thread
     number, then + 1 per request) and returns `wrk.format(...)`: paths computed per request (a clip window from
     the counter, say). `prelude`: Lua run once before (a table of paths)."""
     lua = _WRK_LUA.replace("{prelude}", prelude).replace("{offset_base}", str(offset)).replace("{body}", body)
-    return _run_wrk(url, lua, threads=1, seconds=seconds, connections=connections)
+    return _run_wrk(url, lua, threads=threads, seconds=seconds, connections=connections)
 
 
 def wrk_list(url: str, paths: list[str], *, seconds: float, connections: int, unique: bool = False,
              offset: int = 0) -> Load:
     """Drive GET url+path for each path of `paths` in turn, round and round (with unique=True: path + a counter,
     every request a new cache key; the counter's rules are wrk's). The list starts where the counter falls."""
-    listed = ", ".join('"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"' for path in paths)
+    listed = ", ".join(_lua_string(path) for path in paths)
     body = "local path = paths[counter % #paths + 1]\n  "
     body += "path = path .. counter\n  " if unique else ""
     body += 'return wrk.format("GET", path)'
@@ -341,17 +250,3 @@ def peak_rss_mb(pids: list[int]) -> dict[int, float]:
         except FileNotFoundError:
             continue
     return peaks
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and b"resource_tracker" not in command and b"forkserver" not in command:
-                found.append(int(entry.name))
-    return found

@@ -27,8 +27,7 @@ def remote(workdir: Path, seconds: float) -> list[Row]:
     video.parent.mkdir(parents=True)
     size = long_video(video, minutes=55)  # moov at the end, as an encoder writes it
     rows: list[Row] = []
-    with Nginx(workdir / "nginx", origin, server_extra="limit_rate 50m;", log=True) as nginx:
-        _wait_up(nginx)
+    with Nginx(workdir / "nginx", origin, server_extra="limit_rate 50m;", log=True) as nginx:  # listening
         whole_seconds = _fetch_seconds(f"{nginx.url}/100/{ENTRY}/original.mp4", first_byte=False)
         runs = iter(range(100))
 
@@ -67,22 +66,6 @@ def remote(workdir: Path, seconds: float) -> list[Row]:
         rows.append((f"remote: 4 concurrent cold grabs at 4 times, {CORES} workers, bytes from upstream",
                      f"{sent / MB:.1f} MB", f"{size / MB:.0f} MB (the file)", f"{sent / size:.1%}", "≤ 6%"))
     return rows
-
-
-def _wait_up(nginx: Nginx) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            asyncio.run(_head(nginx.url + "/"))
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("nginx did not start")
-
-
-async def _head(url: str) -> None:
-    async with aiohttp.ClientSession() as session, session.head(url) as response:
-        await response.read()
 
 
 def _upstream(nginx: Nginx, work) -> int:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
-import socket
 import subprocess
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from fixtures import servers
+from fixtures.servers import free_port, wait_until  # noqa: F401 - for the tests: a port; until() without a loop
 from mediaproxy.app import make_app
 from mediaproxy.config import Config, load
 
@@ -20,7 +24,7 @@ FIXTURE_MEDIA = REPO / "fixtures" / "media"
 
 def require_tool(name: str) -> str:
     """The path of a system tool; tests that need a missing one skip, or fail where CI demands every tool."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = servers.find_tool(name)
     if path is None:
         message = f"{name} is not installed (.ci/run installs it)"
         if os.environ.get("MEDIAPROXY_REQUIRE_TOOLS"):
@@ -29,10 +33,20 @@ def require_tool(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Every way a Kaltura URL may name the service and the photo entry (each service's tests add their own forms)
+URL_FORMS = [
+    "/p/100/sp/10000/{service}/entry_id/0_photo",
+    "/p/100/{service}/entry_id/0_photo",
+    "/s/p/100/sp/10000/{service}/entry_id/0_photo",
+    "/p/100/sp/10000/{service}?entry_id=0_photo",
+    "/p/100/sp/10000/{service}/entry_id/0_photo/name.jpg",
+    "/p/100/sp/10000/{service}/entryId/0_photo",
+    "/p//100/sp/10000///{service}/entry_id/0_photo/",
+]
+
+
+def url_forms(service: str) -> list[str]:
+    return [form.format(service=service) for form in URL_FORMS]
 
 
 def make_config(tmp_path: Path, origin: str | None = None, extra: str = "") -> Config:
@@ -65,60 +79,28 @@ def make_entry(root: Path, partner_id: int, entry_id: str, files: dict[str, byte
     return folder
 
 
-class Nginx:
+@contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("1m") mounted at the new folder `mount`: a disk that really fills up."""
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk tests: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class Nginx(servers.Nginx):
     """nginx serving `root` on a loopback port, with an access log the tests read."""
 
     def __init__(self, root: Path, workdir: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "access.log"
-        conf = workdir / "nginx.conf"
-        conf.write_text(f"""
-daemon off;
-master_process off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    log_format requests '$request_method $uri $status';
-    access_log {self.log} requests;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    types {{ image/jpeg jpg; video/mp4 mp4; application/json json; }}
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {root};
-        etag on;
-    }}
-}}
-""")
-        self.process = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
+        super().__init__(root, workdir, log=("$request_method", "$uri", "$status"), executable=require_tool("nginx"))
 
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of every request nginx answered so far."""
-        if not self.log.exists():
-            return []
-        lines = self.log.read_text().splitlines()
-        return [(m, p, int(s)) for m, p, s in (line.split() for line in lines)]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        return [(method, path, int(status)) for method, path, status in self.logged()]
 
 
 @pytest.fixture
@@ -133,13 +115,77 @@ def nginx(tmp_path):
     server.stop()
 
 
+class Server(servers.Mediaproxy):
+    """A real `mediaproxy serve` process (fixtures.servers.Mediaproxy) for async tests: its waits keep the test's
+    event loop running, for the requests in flight and any upstream served from it."""
+
+    async def up(self, timeout: float = 30) -> None:
+        await asyncio.to_thread(self.wait_up, timeout)
+
+    async def __aenter__(self) -> Server:
+        """Up (every worker); stopped at the end of the block, whatever happened (SIGTERM, then SIGKILL)."""
+        try:
+            await self.up()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop()
+
+    async def exited(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after `timeout`."""
+        try:
+            await until(lambda: self.process.poll() is not None, timeout, interval=0.05)
+        except AssertionError:
+            return None
+        return self.process.returncode
+
+
+class LoopbackUpstream:
+    """A misbehaving HTTP upstream on a loopback port, written on asyncio streams: a subclass's `handle(reader,
+    writer)` serves each connection (closed after it). stop() sets `stopping` (for answers that hang until then),
+    closes every connection and waits until each one's answer has finished."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: any free port
+        self.stopping = asyncio.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        self.server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await until(lambda: not self._writers, 10)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            await self.handle(reader, writer)
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+
 async def send_raw(client, target: str, method: str = "GET", headers: dict[str, str] | None = None):
     """Send a request target exactly as given (HTTP clients normalise `..`, `//` and escapes; attackers don't).
 
     Returns (status, headers with lower-case names, body).
     """
-    import asyncio
-
     reader, writer = await asyncio.open_connection(client.host, client.port)
     lines = [f"{method} {target} HTTP/1.1", f"Host: {client.host}", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
@@ -154,6 +200,19 @@ async def send_raw(client, target: str, method: str = "GET", headers: dict[str, 
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), parsed, body
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, label_text = sample.partition("{")
+        if sample_name == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0
 
 
 def cache_entries(cache_dir: Path) -> list[dict]:
@@ -174,13 +233,20 @@ def cache_entries(cache_dir: Path) -> list[dict]:
     return entries
 
 
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Let the event loop run until predicate() holds (thread callbacks and evictions finish in the background)."""
-    import asyncio
+async def until(predicate, timeout: float = 5.0, interval: float = 0.005,
+                failure: str = "condition not reached in time") -> None:
+    """Let the event loop run until predicate() holds (thread callbacks and evictions finish in the background);
+    AssertionError(failure) after `timeout` seconds. predicate() may return an awaitable (it asks a server). For
+    code without an event loop: wait_until, its twin."""
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
+            raise AssertionError(failure)
+        await asyncio.sleep(interval)

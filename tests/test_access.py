@@ -14,7 +14,6 @@ A partner without a section is public.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -34,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from mediaproxy.app import RUNTIME, AccessLogger, make_app
 from mediaproxy.config import load
 
-from .conftest import FIXTURE_MEDIA, REPO, make_config, send_raw
+from .conftest import FIXTURE_MEDIA, REPO, make_config, send_raw, until
 
 SECRET_A = "hundred-secret-A-7f3e9c"  # partner 100, current
 SECRET_B = "hundred-secret-B-21d0aa"  # partner 100, the rotated-in one
@@ -675,10 +674,8 @@ async def test_access_log_never_holds_a_ks_or_a_secret(tmp_path, caplog):
             assert not _leaks(body.decode("latin-1"), kss)
         status, _, _ = await send_raw(client, PHOTO_RAW, headers={"X-Kaltura-Ks": good_safe})
         assert status == 200
-        for _ in range(100):  # the access line is written after the response went out
-            if len([r for r in caplog.records if r.name == "mediaproxy.access"]) >= len(targets) + 1:
-                break
-            await asyncio.sleep(0.01)
+        # the access line is written after the response went out
+        await until(lambda: len([r for r in caplog.records if r.name == "mediaproxy.access"]) >= len(targets) + 1)
     finally:
         await runner.cleanup()
     access = [record.getMessage() for record in caplog.records if record.name == "mediaproxy.access"]

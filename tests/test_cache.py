@@ -17,7 +17,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from mediaproxy.cache.disk import DiskCache
 from mediaproxy.cache.memory import MemoryCache
 from mediaproxy.cache.singleflight import SingleFlight
 
-from .conftest import cache_entries, until
+from .conftest import cache_entries, tmpfs, until
 
 MAGIC = b"MPB2"
 NO_SUCH_PID = 4_194_304  # PID_MAX_LIMIT: Linux never hands out this pid
@@ -437,13 +436,8 @@ async def test_exclusive_is_one_holder_per_node_and_a_dead_holder_frees_it(root)
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 1 MB tmpfs: a disk that really fills up."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-disk tests: {result.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "small", "1m") as mount:
+        yield mount
 
 
 async def test_a_full_disk_refuses_writes_without_errors_and_reports_degraded(small_disk, caplog):
@@ -535,23 +529,45 @@ def test_memory_cache_put_of_an_oversized_value_does_not_leave_the_old_one():
 # ---------------------------------------------------------------------------------------------------- SingleFlight
 
 
+def callers(flight: SingleFlight, key: str) -> int:
+    """How many callers wait for `key`'s work (they have reached the flight and joined it)."""
+    return flight._waiters.get(key, 0)
+
+
+async def caller_gone(flight: SingleFlight, work) -> None:
+    """A caller of `key`'s work that goes away (its client disconnected) once it has joined the flight."""
+    caller = asyncio.create_task(flight.run("key", work))
+    await until(lambda: callers(flight, "key") == 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
+class Gated:
+    """Work that counts its runs (`calls`), waits for `release`, then returns `result` or raises `error`."""
+
+    def __init__(self, result: str = "", error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 async def test_single_flight_runs_identical_work_once():
     flight: SingleFlight[str] = SingleFlight()
-    release = asyncio.Event()
-    calls = 0
-
-    async def work():
-        nonlocal calls
-        calls += 1
-        await release.wait()
-        return "result"
-
+    work = Gated("result")
     waiters = [asyncio.create_task(flight.run("key", work)) for _ in range(20)]
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 20)
     assert len(flight) == 1
-    release.set()
+    work.release.set()
     assert await asyncio.gather(*waiters) == ["result"] * 20
-    assert calls == 1
+    assert work.calls == 1
     assert len(flight) == 0
 
 
@@ -568,7 +584,7 @@ async def test_single_flight_different_keys_run_separately():
         return work
 
     waiters = [asyncio.create_task(flight.run(key, work_for(key))) for key in ("a", "b", "a", "b", "c")]
-    await asyncio.sleep(0)
+    await until(lambda: sum(callers(flight, key) for key in "abc") == 5)
     assert len(flight) == 3
     release.set()
     assert await asyncio.gather(*waiters) == ["A", "B", "A", "B", "C"]
@@ -578,30 +594,19 @@ async def test_single_flight_different_keys_run_separately():
 
 async def test_single_flight_exception_reaches_every_waiter_and_the_next_call_runs_again():
     flight: SingleFlight[str] = SingleFlight()
-    release = asyncio.Event()
-    calls = 0
-
-    async def failing():
-        nonlocal calls
-        calls += 1
-        await release.wait()
-        raise ValueError("upstream 500")
-
+    failing = Gated(error=ValueError("upstream 500"))
     waiters = [asyncio.create_task(flight.run("key", failing)) for _ in range(5)]
-    await asyncio.sleep(0)
-    release.set()
+    await until(lambda: callers(flight, "key") == 5)
+    failing.release.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(result, ValueError) and str(result) == "upstream 500" for result in results)
-    assert calls == 1
+    assert failing.calls == 1
     assert len(flight) == 0
 
-    async def succeeding():
-        nonlocal calls
-        calls += 1
-        return "ok"
-
+    succeeding = Gated("ok")
+    succeeding.release.set()
     assert await flight.run("key", succeeding) == "ok"
-    assert calls == 2
+    assert failing.calls + succeeding.calls == 2
     assert len(flight) == 0
 
 
@@ -619,7 +624,7 @@ async def test_single_flight_cancelled_caller_does_not_cancel_the_work():
 
     first = asyncio.create_task(flight.run("key", work))  # the caller that started the work
     others = [asyncio.create_task(flight.run("key", work)) for _ in range(3)]
-    await asyncio.sleep(0)
+    await until(lambda: callers(flight, "key") == 4)
     first.cancel()  # its client disconnected
     others[0].cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -637,26 +642,14 @@ async def test_single_flight_cancelled_caller_does_not_cancel_the_work():
 
 async def test_single_flight_work_outlives_its_only_caller_and_a_late_caller_joins_it():
     flight: SingleFlight[str] = SingleFlight()
-    release = asyncio.Event()
-    calls = 0
-
-    async def work():
-        nonlocal calls
-        calls += 1
-        await release.wait()
-        return "late"
-
-    lonely = asyncio.create_task(flight.run("key", work))
-    await asyncio.sleep(0)
-    lonely.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await lonely
+    work = Gated("late")
+    await caller_gone(flight, work)  # its only caller
     assert len(flight) == 1  # still in flight
     late = asyncio.create_task(flight.run("key", work))
-    await asyncio.sleep(0)
-    release.set()
+    await until(lambda: callers(flight, "key") == 1)  # the late caller joined before the work ends
+    work.release.set()
     assert await late == "late"
-    assert calls == 1
+    assert work.calls == 1
     assert len(flight) == 0
 
 
@@ -666,19 +659,12 @@ async def test_single_flight_unawaited_failure_is_not_reported_as_never_retrieve
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
         flight: SingleFlight[str] = SingleFlight()
-        release = asyncio.Event()
-
-        async def failing():
-            await release.wait()
-            raise ValueError("nobody is listening")
-
-        lonely = asyncio.create_task(flight.run("key", failing))
-        await asyncio.sleep(0)
-        lonely.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await lonely
-        release.set()
+        failing = Gated(error=ValueError("nobody is listening"))
+        await caller_gone(flight, failing)
+        failing.release.set()
         await until(lambda: len(flight) == 0)
+        # nothing may be reported: one turn of the loop for what the finished work schedules, then for what
+        # collecting it would (an absence has no moment to wait for)
         await asyncio.sleep(0)
         gc.collect()
         await asyncio.sleep(0)
@@ -698,29 +684,17 @@ async def test_single_flight_with_orphan_grace_cancels_work_nobody_waits_for():
             cancelled.set()
             raise
 
-    caller = asyncio.create_task(flight.run("key", fetch))
-    await asyncio.sleep(0)
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+    await caller_gone(flight, fetch)
     await asyncio.wait_for(cancelled.wait(), 5)
     await until(lambda: len(flight) == 0)
 
 
 async def test_single_flight_with_orphan_grace_keeps_work_a_new_caller_joins():
     flight: SingleFlight[str] = SingleFlight(orphan_grace=0.05)
-    release = asyncio.Event()
-
-    async def fetch():
-        await release.wait()
-        return "block"
-
-    first = asyncio.create_task(flight.run("key", fetch))
-    await asyncio.sleep(0)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    fetch = Gated("block")
+    await caller_gone(flight, fetch)
     second = asyncio.create_task(flight.run("key", fetch))  # joins within the grace
-    await asyncio.sleep(0.1)
-    release.set()
+    await until(lambda: callers(flight, "key") == 1)
+    await asyncio.sleep(0.1)  # twice the grace: the fetch would have been cancelled by now, had nobody joined
+    fetch.release.set()
     assert await second == "block"

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,32 +19,18 @@ from urllib.parse import urlencode
 import pytest
 from PIL import Image
 
-from .conftest import FIXTURE_MEDIA, REPO, free_port, require_tool
+from fixtures.servers import Mediaproxy, wait_for
+
+from .conftest import FIXTURE_MEDIA, REPO, free_port, require_tool, wait_until
 
 DEPLOY = REPO / "deploy" / "nginx.conf"
 
 
-def _start_node(tmp_path: Path, name: str, root: Path = FIXTURE_MEDIA,
-                extra: str = "") -> tuple[subprocess.Popen, int, Path]:
-    port = free_port()
+def _start_node(tmp_path: Path, name: str, root: Path = FIXTURE_MEDIA, extra: str = "") -> Mediaproxy:
     config = tmp_path / f"{name}.toml"
     config.write_text(f'[origin]\nroot = "{root}"\n{extra}\n[cache]\ndir = "{tmp_path / name}"\n'
                       '[partners.200]\nadmin_secrets = ["mediaproxy-fixture-secret-200"]\nks_required_for = ["raw"]\n')
-    log = tmp_path / f"{name}.log"
-    process = subprocess.Popen([sys.executable, "-m", "mediaproxy", "serve", "--config", str(config), "--port",
-                                str(port), "--workers", "1"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    return process, port, log
-
-
-def _wait(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer")
+    return Mediaproxy(config, tmp_path / f"{name}.log", workers=1)
 
 
 def _get(url: str, headers: dict[str, str] | None = None):
@@ -55,14 +39,30 @@ def _get(url: str, headers: dict[str, str] | None = None):
         return response.status, dict(response.headers), response.read()
 
 
-def _settled_counts(nodes, expected: int, timeout: float = 5) -> list[int]:
+def _settled_counts(nodes: list[Mediaproxy], expected: int, timeout: float = 5) -> list[int]:
     """Requests each node logged, once they add up (a node logs a request just after answering it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = [len(_served(log)) for _, _, log in nodes]
-        if sum(counts) >= expected or time.monotonic() > deadline:
-            return counts
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: sum(len(_served(node.log)) for node in nodes) >= expected, timeout)
+    except TimeoutError:
+        pass  # the caller's assertion shows what was logged
+    return [len(_served(node.log)) for node in nodes]
+
+
+def _logs_caught_up(nodes: list[Mediaproxy], marker: str) -> None:
+    """A request sent to each node now (/healthz?`marker`, a name=value no other request has), until each has logged
+    it: what a node answered before (and logs just after answering it) is in its log by then. The connection stays
+    open until then (a client that goes at once could cancel the node's handler before its log line)."""
+    connections = []
+    for node in nodes:
+        connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
+        connection.request("GET", f"/healthz?{marker}")
+        assert connection.getresponse().read()
+        connections.append(connection)
+    try:
+        wait_until(lambda: all(f" GET /healthz?{marker} " in node.output() for node in nodes), 10)
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def _served(log: Path) -> list[str]:
@@ -83,7 +83,7 @@ def _cluster(tmp_path: Path, root: Path = FIXTURE_MEDIA, extra: str = ""):
     work = tmp_path / "nginx"
     work.mkdir()
     config = DEPLOY.read_text()
-    for old, new in (("127.0.0.1:8081", f"127.0.0.1:{nodes[0][1]}"), ("127.0.0.1:8082", f"127.0.0.1:{nodes[1][1]}"),
+    for old, new in (("127.0.0.1:8081", f"127.0.0.1:{nodes[0].port}"), ("127.0.0.1:8082", f"127.0.0.1:{nodes[1].port}"),
                      ("listen 8080;", f"listen 127.0.0.1:{port};"), ("/var/cache/nginx/mediaproxy", str(work / "c")),
                      ("/run/nginx-mediaproxy.pid", str(work / "pid")),
                      ("/var/log/nginx/mediaproxy-error.log", str(work / "error.log"))):
@@ -94,17 +94,15 @@ def _cluster(tmp_path: Path, root: Path = FIXTURE_MEDIA, extra: str = ""):
     nginx = subprocess.Popen([nginx_binary, "-c", str(work / "nginx.conf"), "-p", str(work)],
                              stderr=subprocess.PIPE)
     try:
-        for _, node_port, _ in nodes:
-            _wait(f"http://127.0.0.1:{node_port}/healthz")
-        _wait(f"http://127.0.0.1:{port}/healthz")
+        for node in nodes:
+            wait_for(f"{node.url}/healthz", process=node.process, output=node.output)
+        wait_for(f"http://127.0.0.1:{port}/healthz", process=nginx)
         yield f"http://127.0.0.1:{port}", nodes
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
-        for process, _, _ in nodes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=20)
+        for node in nodes:
+            node.stop(20)
 
 
 def test_requests_are_spread_cached_and_survive_a_node(cluster):
@@ -118,8 +116,8 @@ def test_requests_are_spread_cached_and_survive_a_node(cluster):
     # a repeated URL comes from nginx's cache: the nodes do not see it again
     _, first, _ = _get(f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/100")
     assert first["X-Cache-Status"] == "HIT"
-    time.sleep(0.3)  # a node would log the request just after answering it
-    assert sum(len(_served(log)) for _, _, log in nodes) == 30
+    _logs_caught_up(nodes, "marker=after-the-hit")
+    assert sum(len(_served(node.log)) for node in nodes) == 30
 
     # ranges of raw originals are cut from cached slices
     photo = (FIXTURE_MEDIA / "100/0_photo/original.jpg").read_bytes()
@@ -130,8 +128,7 @@ def test_requests_are_spread_cached_and_survive_a_node(cluster):
     assert headers["X-Cache-Status"] == "HIT"
 
     # one node dies: traffic keeps flowing through the other
-    nodes[0][0].kill()
-    nodes[0][0].wait(timeout=10)
+    nodes[0].kill()
     for width in range(200, 220):
         status, _, body = _get(f"{url}/p/100/sp/10000/thumbnail/entry_id/0_photo/width/{width}")
         assert status == 200 and body[:2] == b"\xff\xd8"
@@ -216,7 +213,7 @@ def test_one_notification_to_nginx_reaches_both_nodes(tmp_path):
     entry.mkdir()
     (entry / "original.jpg").write_bytes(_solid_jpeg((220, 30, 30)))
     with _cluster(tmp_path, root, "revalidate_seconds = 3600") as (url, nodes):
-        direct = [f"http://127.0.0.1:{port}" for _, port, _ in nodes]
+        direct = [node.url for node in nodes]
         through_nginx = _get(f"{url}{THUMB}")
         assert _is((220, 30, 30), through_nginx[2])
         for node in direct:
@@ -233,11 +230,9 @@ def test_one_notification_to_nginx_reaches_both_nodes(tmp_path):
             assert json.loads(response.read())["notifications"][0]["outcome"] in ("purged", "duplicate")
 
         # each node got its copy (the copies are not waited for: polled); the answering one got two
-        deadline = time.monotonic() + 10
-        while [_purged_on(port).get("purged", 0) for _, port, _ in nodes] != [1, 1]:
-            assert time.monotonic() < deadline, [_purged_on(port) for _, port, _ in nodes]
-            time.sleep(0.05)
-        assert sum(_purged_on(port).get("duplicate", 0) for _, port, _ in nodes) == 1
+        wait_until(lambda: [_purged_on(node.port).get("purged", 0) for node in nodes] == [1, 1], 10,
+                   failure="a node did not purge once")
+        assert sum(_purged_on(node.port).get("duplicate", 0) for node in nodes) == 1
         for node in direct:
             assert _is((30, 30, 220), _get(f"{node}{THUMB}")[2])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,8 +16,8 @@ from aiohttp import web
 from mediaproxy.app import AccessLogger, make_app
 from mediaproxy.urls import build, parse
 
-from .conftest import FIXTURE_MEDIA, free_port, make_config
-from .test_cli import start, wait_until_up
+from .conftest import FIXTURE_MEDIA, free_port, make_config, metric, until
+from .test_cli import SERVE, on_the_bundled_config
 
 
 async def test_healthz_reports_version_uptime_and_the_origin(client):
@@ -38,19 +37,6 @@ async def test_healthz_is_503_when_the_upstream_is_unreachable(serve, tmp_path):
     assert (await response.json())["origin"]["reachable"] is False
 
 
-def _sample(text: str, name: str, **labels) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        metric, _, value = line.rpartition(" ")
-        metric_name, _, label_text = metric.partition("{")
-        if metric_name == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
-            return float(value)
-    return 0.0
-
-
 async def test_metrics_count_requests_cache_tiers_and_latency(client):
     before = await (await client.get("/metrics")).text()
     for _ in range(3):
@@ -61,7 +47,7 @@ async def test_metrics_count_requests_cache_tiers_and_latency(client):
     after = await response.text()
 
     def grew(name, **labels):
-        return _sample(after, name, **labels) - _sample(before, name, **labels)
+        return metric(after, name, **labels) - metric(before, name, **labels)
 
     assert grew("mediaproxy_requests_total", service="thumbnail", status="200") == 3
     assert grew("mediaproxy_requests_total", service="thumbnail", status="404") == 1
@@ -77,9 +63,9 @@ async def test_metrics_count_upstream_fetches(serve, tmp_path, nginx):
     assert (await client.get("/p/100/raw/entry_id/0_photo")).status == 200
     after = await (await client.get("/metrics")).text()
     size = (FIXTURE_MEDIA / "100/0_photo/original.jpg").stat().st_size
-    assert _sample(after, "mediaproxy_upstream_bytes_total") - _sample(before, "mediaproxy_upstream_bytes_total") == size
-    assert (_sample(after, "mediaproxy_cache_lookups_total", tier="origin", outcome="fetched")
-            - _sample(before, "mediaproxy_cache_lookups_total", tier="origin", outcome="fetched")) == 1
+    assert metric(after, "mediaproxy_upstream_bytes_total") - metric(before, "mediaproxy_upstream_bytes_total") == size
+    assert (metric(after, "mediaproxy_cache_lookups_total", tier="origin", outcome="fetched")
+            - metric(before, "mediaproxy_cache_lookups_total", tier="origin", outcome="fetched")) == 1
 
 
 async def test_server_timing_says_where_the_time_went(client):
@@ -120,10 +106,10 @@ async def test_one_access_log_line_per_request_without_the_ks(tmp_path, caplog, 
                 async with session.get(url + "?ks=OTHERSECRET") as response:
                     assert response.status == 200
                     await response.read()
-                await asyncio_sleep(0.1)
+                await until(lambda: access_lines(caplog))  # written just after the answer went out
     finally:
         await runner.cleanup()
-    lines = [record.getMessage() for record in caplog.records if record.name == "mediaproxy.access"]
+    lines = access_lines(caplog)
     assert len(lines) == 1
     assert "SECRETKS" not in lines[0] and "OTHERSECRET" not in lines[0] and "[redacted]" in lines[0]
     if log_format == "json":
@@ -135,10 +121,8 @@ async def test_one_access_log_line_per_request_without_the_ks(tmp_path, caplog, 
         assert " 200 " in lines[0] and lines[0].endswith(" render")
 
 
-async def asyncio_sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+def access_lines(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "mediaproxy.access"]
 
 
 def test_url_builds_what_the_grammar_parses():
@@ -163,11 +147,8 @@ def test_the_url_command():
 
 
 def test_warm_fetches_a_list_with_progress_and_a_summary(tmp_path):
-    port = free_port()
-    server = start([sys.executable, "-m", "mediaproxy", "serve", "--workers", "1"],
-                   {"MEDIAPROXY_PORT": str(port), "MEDIAPROXY_CACHE_DIR": str(tmp_path / "cache")}, tmp_path)
-    try:
-        wait_until_up(port, server)
+    with on_the_bundled_config(tmp_path, [*SERVE, "--workers", "1"]) as served:
+        port = served.port
         listing = tmp_path / "urls.txt"
         listing.write_text("# launch list\n/p/100/thumbnail/entry_id/0_photo/width/333\n\n"
                            f"http://127.0.0.1:{port}/p/100/thumbnail/entry_id/0_video/vid_slices/3/width/60\n"
@@ -185,17 +166,11 @@ def test_warm_fetches_a_list_with_progress_and_a_summary(tmp_path):
                                  capture_output=True, text=True, timeout=120)
         assert failing.returncode == 1
         assert "404: 1" in failing.stdout and "0_none" in failing.stdout and "ENTRY_NOT_FOUND" in failing.stdout
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
 
 
 def test_metrics_add_up_across_workers(tmp_path):
-    port = free_port()
-    server = start([sys.executable, "-m", "mediaproxy", "serve", "--workers", "2"],
-                   {"MEDIAPROXY_PORT": str(port), "MEDIAPROXY_CACHE_DIR": str(tmp_path / "cache")}, tmp_path)
-    try:
-        wait_until_up(port, server)
+    with on_the_bundled_config(tmp_path, [*SERVE, "--workers", "2"]) as served:
+        port = served.port
         for _ in range(40):  # new connections: the kernel spreads them over both workers
             urllib.request.urlopen(f"http://127.0.0.1:{port}/p/100/raw/entry_id/0_photo").close()
         workers_seen = set()
@@ -206,12 +181,8 @@ def test_metrics_add_up_across_workers(tmp_path):
                 workers_seen.add(json.loads(health.read())["worker"])
         assert len(workers_seen) == 2
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
-            total = _sample(response.read().decode(), "mediaproxy_requests_total", service="raw", status="200")
+            total = metric(response.read().decode(), "mediaproxy_requests_total", service="raw", status="200")
         assert total >= 41  # every worker's requests, whichever worker answered /metrics
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
-
 
 async def test_the_console_lists_a_ks_partners_entries_only_to_a_ks_that_grants_their_thumbnails(serve, tmp_path):
     from mediaproxy.access import make_ks

@@ -26,8 +26,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from .conftest import FIXTURE_MEDIA, REPO, make_config, until
-from .test_resilience import Server
+from .conftest import FIXTURE_MEDIA, REPO, Server, make_config, until
 
 SECRET = "workers-admin-secret-6d1e"
 PARTNERS = f'[partners.100]\nadmin_secrets = ["{SECRET}"]\n'
@@ -105,18 +104,6 @@ def assert_all(answers, *, pictures: tuple[int, int, int] | None = None, body: b
             assert content == body, pid
 
 
-async def both_workers_up(server: Server) -> None:
-    await server.wait_up()
-    seen: set[int] = set()
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        deadline = time.monotonic() + 30
-        while len(seen) < 2:
-            assert time.monotonic() < deadline, "the second worker did not start"
-            async with session.get(f"{server.url}/healthz") as response:
-                seen.add((await response.json())["worker"])
-
-
 async def notify(server: Server, kind: str, notification_id: str) -> dict:
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{server.url}/notifications", data=urlencode(signed_notification(
@@ -145,9 +132,7 @@ async def test_one_notification_reaches_every_worker(tmp_path, request, origin_k
         entry = nginx.root / "100" / "0_swap"
         origin = f'kind = "http"\nurl = "{nginx.url}"'
     make_config(tmp_path, origin + "\nrevalidate_seconds = 3600\nnot_found_seconds = 3600", PARTNERS)
-    server = Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2)
-    try:
-        await both_workers_up(server)
+    async with Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2) as server:  # both workers up
         assert_all(await every_worker(server, THUMB), pictures=RED)
         blue = put_original(entry, BLUE, later=10)
         assert_all(await every_worker(server, THUMB), pictures=RED)  # trusted for an hour, on every worker
@@ -157,8 +142,6 @@ async def test_one_notification_reaches_every_worker(tmp_path, request, origin_k
         assert_all(await every_worker(server, RAW), body=blue)
         if origin_kind == "local":
             await deleted_then_purged_by_the_command(server, tmp_path / "config.toml", entry)
-    finally:
-        server.stop()
     assert "Traceback" not in server.output()
 
 

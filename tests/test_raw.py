@@ -10,22 +10,13 @@ from PIL import Image
 
 from fixtures.generate import alpha_png
 
-from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw
+from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw, url_forms
 
 PHOTO = FIXTURE_MEDIA / "100" / "0_photo" / "original.jpg"
 VIDEO = FIXTURE_MEDIA / "100" / "0_video" / "original.mp4"
 
 
-@pytest.mark.parametrize("path", [
-    "/p/100/sp/10000/raw/entry_id/0_photo",
-    "/p/100/raw/entry_id/0_photo",
-    "/s/p/100/sp/10000/raw/entry_id/0_photo",
-    "/p/100/sp/10000/raw/entry_id/0_photo/name.jpg",
-    "/p/100/sp/10000/raw?entry_id=0_photo",
-    "/p/100/sp/10000/raw/entryId/0_photo",
-    "/p//100/sp/10000///raw/entry_id/0_photo/",
-    "/p/100/sp/10000/raw/entry_id/0_photo?entry_id=0_video",
-])
+@pytest.mark.parametrize("path", [*url_forms("raw"), "/p/100/sp/10000/raw/entry_id/0_photo?entry_id=0_video"])
 async def test_every_url_form_serves_the_original_bytes(client, path):
     status, headers, body = await send_raw(client, path)
     assert status == 200

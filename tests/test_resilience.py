@@ -16,7 +16,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from .conftest import REPO, cache_entries, free_port, make_config, make_entry
+from .conftest import Server, cache_entries, free_port, make_config, make_entry, metric, until
 
 MB = 1 << 20
 RAW_SIZES = {"0_big1": 16 * MB, "0_big2": 28 * MB, "0_big3": 40 * MB, "0_big4": 56 * MB}
@@ -88,61 +87,6 @@ def install(big_media: Path, upstream_root: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------- a server
-
-
-class Server:
-    """`python -m mediaproxy serve` on its own port; output goes to a file (a full pipe would block it)."""
-
-    def __init__(self, config_file: Path, log: Path, *, workers: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {name: value for name, value in os.environ.items()
-               if not name.startswith("MEDIAPROXY_") and name != "PROMETHEUS_MULTIPROC_DIR"}
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mediaproxy", "serve", "--config", str(config_file), "--port",
-                 str(self.port), "--workers", str(workers)], cwd=REPO, env=env, stdout=out,
-                stderr=subprocess.STDOUT)
-        self.pid = self.process.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def wait_up(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output()}")
-                try:
-                    async with session.get(f"{self.url}/up", timeout=aiohttp.ClientTimeout(total=2)) as response:
-                        await response.read()
-                        return  # any HTTP answer (a 404 for this path) means it listens and answers
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    await asyncio.sleep(0.1)
-        raise AssertionError(f"server did not come up:\n{self.output()}")
-
-    async def wait_exit(self, timeout: float) -> int | None:
-        """The exit code, or None if still running after `timeout` (polled: the event loop keeps serving)."""
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self.process.poll()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)  # reaped: a zombie would still look like a live writer of its tmp files
-
-    def stop(self) -> None:
-        """Cleanup for `finally`: SIGTERM, then SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(25)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 def write_config(tmp_path: Path, origin_url: str, extra: str = "") -> Path:
@@ -238,18 +182,17 @@ def check_answer(kind: str, expected, status: int, body: bytes, digests: dict[st
 async def wait_for_moment(cache: Path, moment: str, process: subprocess.Popen, timeout: float = 30) -> None:
     """Poll the cache until the moment to strike: a write in progress, the first commit, the first result."""
     data = cache / "data"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def come() -> bool:
         assert process.poll() is None, "the server died on its own"
         parts = [p for p in part_files(cache) if 0 < _size(p) < BLOCK // 2]  # half a block: being written
-        if moment == "first-part" and parts:
-            return
-        if moment == "first-commit" and parts and any(data.glob("*/*")):
-            return
-        if moment == "first-result" and any(entry["ns"] == "results" for entry in cache_entries(cache)):
-            return
-        await asyncio.sleep(0.003)
-    raise AssertionError(f"the moment {moment!r} never came")
+        if moment == "first-part":
+            return bool(parts)
+        if moment == "first-commit":
+            return bool(parts) and any(data.glob("*/*"))
+        return any(entry["ns"] == "results" for entry in cache_entries(cache))  # first-result
+
+    await until(come, timeout, interval=0.003, failure=f"the moment {moment!r} never came")
 
 
 def _size(path: Path) -> int:
@@ -268,32 +211,27 @@ async def test_kill_9_while_writing_the_cache_never_serves_a_partial_file(tmp_pa
     config_file = write_config(tmp_path, nginx.url, "[processing]\nthreads = 2\n")
     cache = tmp_path / "cache"
     urls = crash_urls()
-    first = Server(config_file, tmp_path / "first.log")
-    second = None
-    try:
-        await first.wait_up()
-        async with unlimited_session() as session:
-            tasks = [asyncio.create_task(get(session, first.url + path)) for path, _, _ in urls]
-            await wait_for_moment(cache, moment, first.process)
-            first.kill()
-            answers = await asyncio.gather(*tasks, return_exceptions=True)
-        killed = first.pid
+    async with Server(config_file, tmp_path / "first.log") as first, unlimited_session() as session:
+        tasks = [asyncio.create_task(get(session, first.url + path)) for path, _, _ in urls]
+        await wait_for_moment(cache, moment, first.process)
+        first.kill()
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+    killed = first.pid
 
-        # on disk right after the kill: only whole entries; leftovers are the killed writer's tmp files
-        leftovers = part_files(cache)
-        assert all(path.name.startswith(f"{killed}-") for path in leftovers), leftovers
-        if moment in ("first-part", "first-commit"):
-            assert leftovers, "the kill came after every write had finished: no write was interrupted"
-        check_cache(cache)
-        # what was answered before the kill was whole (a cut transfer is an exception, never a short 200)
-        for (path, kind, expected), answer in zip(urls, answers):
-            if not isinstance(answer, BaseException):
-                check_answer(kind, expected, answer[0], answer[2], digests, f"before the kill: {path}")
-        interrupted = sum(isinstance(answer, BaseException) for answer in answers)
-        assert interrupted, "nothing was in flight when the server was killed"
+    # on disk right after the kill: only whole entries; leftovers are the killed writer's tmp files
+    leftovers = part_files(cache)
+    assert all(path.name.startswith(f"{killed}-") for path in leftovers), leftovers
+    if moment in ("first-part", "first-commit"):
+        assert leftovers, "the kill came after every write had finished: no write was interrupted"
+    check_cache(cache)
+    # what was answered before the kill was whole (a cut transfer is an exception, never a short 200)
+    for (path, kind, expected), answer in zip(urls, answers):
+        if not isinstance(answer, BaseException):
+            check_answer(kind, expected, answer[0], answer[2], digests, f"before the kill: {path}")
+    interrupted = sum(isinstance(answer, BaseException) for answer in answers)
+    assert interrupted, "nothing was in flight when the server was killed"
 
-        second = Server(config_file, tmp_path / "second.log")
-        await second.wait_up()
+    async with Server(config_file, tmp_path / "second.log") as second:
         assert not [path for path in leftovers if path.exists()], "tmp files of the killed writer survived a restart"
         assert not [path for path in part_files(cache) if path.name.startswith(f"{killed}-")]
         async with unlimited_session() as session:
@@ -301,16 +239,12 @@ async def test_kill_9_while_writing_the_cache_never_serves_a_partial_file(tmp_pa
         for (path, kind, expected), (status, _, body) in zip(urls, answers):
             check_answer(kind, expected, status, body, digests, f"after the restart: {path}")
         second.process.send_signal(signal.SIGTERM)
-        assert await second.wait_exit(20) == 0, second.output()
-        counts = check_cache(cache)
-        assert counts["originals"] == sum(blocks_of(size) for size in RAW_SIZES.values()) + len(PHOTOS)
-        assert counts["results"] == len(PHOTOS) * len(THUMB_WIDTHS)
-        assert not part_files(cache)
-        assert "Traceback" not in second.output()
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        assert await second.exited(20) == 0, second.output()
+    counts = check_cache(cache)
+    assert counts["originals"] == sum(blocks_of(size) for size in RAW_SIZES.values()) + len(PHOTOS)
+    assert counts["results"] == len(PHOTOS) * len(THUMB_WIDTHS)
+    assert not part_files(cache)
+    assert "Traceback" not in second.output()
 
 
 async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, nginx, big_media):
@@ -319,10 +253,7 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
     cache = tmp_path / "cache"
     paths = {entry: f"/p/100/raw/entry_id/{entry}" for entry in ("0_big1", "0_big2", "0_pic1", "0_pic2")}
     thumb = "/p/100/thumbnail/entry_id/0_pic1/width/320"
-    first = Server(config_file, tmp_path / "first.log")
-    second = None
-    try:
-        await first.wait_up()
+    async with Server(config_file, tmp_path / "first.log") as first:
         async with unlimited_session() as session:
             for entry, path in paths.items():
                 status, _, body = await get(session, first.url + path)
@@ -330,24 +261,23 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
             status, _, thumbnail = await get(session, first.url + thumb)
             check_answer("thumb", 320, status, thumbnail, digests, thumb)
         first.process.send_signal(signal.SIGTERM)
-        assert await first.wait_exit(20) == 0, first.output()
-        check_cache(cache)
+        assert await first.exited(20) == 0, first.output()
+    check_cache(cache)
 
-        truncated = find_entry(cache, "/0_big1/original.bin|", "|0")
-        with open(truncated, "r+b") as file:  # a torn write: half the bytes
-            file.truncate(truncated.stat().st_size // 2)
-        flipped = find_entry(cache, "/0_big2/original.bin|", "|0")
-        with open(flipped, "r+b") as file:  # a disk fault: same size, other bytes
-            file.seek(12345)
-            file.write(b"\x00" * 4096)
-        short = find_entry(cache, "/0_pic1/original.jpg|")
-        short.write_bytes(b"")  # an empty file
-        blob = find_entry(cache, "0_pic1", "width=320")
-        blob.write_bytes(blob.read_bytes()[:-100])  # a cut result
-        before_restart = len(nginx.requests())
+    truncated = find_entry(cache, "/0_big1/original.bin|", "|0")
+    with open(truncated, "r+b") as file:  # a torn write: half the bytes
+        file.truncate(truncated.stat().st_size // 2)
+    flipped = find_entry(cache, "/0_big2/original.bin|", "|0")
+    with open(flipped, "r+b") as file:  # a disk fault: same size, other bytes
+        file.seek(12345)
+        file.write(b"\x00" * 4096)
+    short = find_entry(cache, "/0_pic1/original.jpg|")
+    short.write_bytes(b"")  # an empty file
+    blob = find_entry(cache, "0_pic1", "width=320")
+    blob.write_bytes(blob.read_bytes()[:-100])  # a cut result
+    before_restart = len(nginx.requests())
 
-        second = Server(config_file, tmp_path / "second.log")
-        await second.wait_up()
+    async with Server(config_file, tmp_path / "second.log") as second:
         async with unlimited_session() as session:
             for entry, path in paths.items():
                 status, _, body = await get(session, second.url + path)
@@ -359,14 +289,10 @@ async def test_a_cache_file_damaged_while_stopped_is_fetched_again(tmp_path, ngi
         assert refetched == {"/100/0_big1/original.bin": 1, "/100/0_big2/original.bin": 1,
                              "/100/0_pic1/original.jpg": 1}  # the damaged blocks, and only them
         second.process.send_signal(signal.SIGTERM)
-        assert await second.wait_exit(20) == 0, second.output()
-        counts = check_cache(cache)  # the damaged entries were replaced by whole ones
-        assert counts["originals"] == blocks_of(RAW_SIZES["0_big1"]) + blocks_of(RAW_SIZES["0_big2"]) + 2
-        find_entry(cache, "0_pic1", "width=320")
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        assert await second.exited(20) == 0, second.output()
+    counts = check_cache(cache)  # the damaged entries were replaced by whole ones
+    assert counts["originals"] == blocks_of(RAW_SIZES["0_big1"]) + blocks_of(RAW_SIZES["0_big2"]) + 2
+    find_entry(cache, "0_pic1", "width=320")
 
 
 # --------------------------------------------------------------------------------------------------- overload
@@ -462,13 +388,13 @@ class SlowUpstream:
     """An HTTP origin (in its own thread) that trickles bodies: files[path] = (bytes, seconds, stall), answering
     Range requests (206) under a fixed ETag, as object stores do.
 
-    A stalled body stops half way (of the file) until `release()`: an upstream that hangs. `sending` is set when a
+    A stalled body stops half way (of the file) until `stop()`: an upstream that hangs. `sending` is set when a
     body of a path starts flowing, `stalled` when a body stops half way.
     """
 
     def __init__(self, files: dict[str, tuple[bytes, float, bool]]) -> None:
         self.files = files
-        self.released = threading.Event()
+        self.released = asyncio.Event()  # set in the upstream's own loop (see stop)
         self.stalled = threading.Event()
         self.sending: dict[str, threading.Event] = {path: threading.Event() for path in files}
         self.port = free_port()
@@ -518,8 +444,7 @@ class SlowUpstream:
             await response.write(body[offset:end])
             if stall and end >= len(body) // 2:
                 self.stalled.set()
-                while not self.released.is_set():
-                    await asyncio.sleep(0.05)
+                await self.released.wait()
                 return response  # released: the upstream gives up mid-body
             offset = end
             if seconds:
@@ -528,9 +453,8 @@ class SlowUpstream:
         return response
 
     def stop(self) -> None:
-        self.released.set()
-
         async def close() -> None:
+            self.released.set()
             await self._runner.cleanup()
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(15)
@@ -558,28 +482,35 @@ def slow_upstream(huge_photo):
     upstream.stop()
 
 
+def slow_server(tmp_path: Path, slow_upstream: SlowUpstream, workers: int = 1) -> Server:
+    """A server on the slow upstream with one render thread (`async with` it)."""
+    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+    return Server(config_file, tmp_path / "server.log", workers=workers)
+
+
 async def wait_refused(port: int, timeout: float = 5) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(refused, port):
-            return time.monotonic()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"port {port} still accepts connections {timeout} s after SIGTERM")
+    """When the port first refused a connection (polled from a thread: the test's loop keeps reading answers)."""
+    await until(lambda: asyncio.to_thread(refused, port), timeout, interval=0.05,
+                failure=f"port {port} still accepts connections {timeout} s after SIGTERM")
+    return time.monotonic()
 
 
 async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log")
-    try:
-        await server.wait_up()
+    async with slow_server(tmp_path, slow_upstream) as server:
         async with unlimited_session() as session:
             raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
             thumbs = [asyncio.create_task(get(session, server.url + f"/p/100/thumbnail/entry_id/0_huge/width/{w}"))
                       for w in (2001, 3999)]
             started = await asyncio.to_thread(slow_upstream.sending["100/0_slow/original.bin"].wait, 10)
             assert started, "the slow original never started downloading"
-            await asyncio.sleep(0.5)  # the thumbnails' original is fetched (fast) and their renders are under way
+
+            async def rendering() -> bool:  # both thumbnails have their original (fetched fast) and no result yet
+                async with session.get(server.url + "/metrics") as response:
+                    return metric(await response.text(), "mediaproxy_cache_lookups_total", tier="memory",
+                                  outcome="miss") >= 2
+
+            await until(rendering, 10, interval=0.01)
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             closed = await wait_refused(server.port)
@@ -593,7 +524,7 @@ async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_ups
             with Image.open(io.BytesIO(picture_bytes)) as picture:
                 picture.load()
                 assert picture.width == width
-        assert await server.wait_exit(20) == 0, server.output()
+        assert await server.exited(20) == 0, server.output()
         assert time.monotonic() - signalled < 20
         assert not part_files(cache), part_files(cache)
         counts = check_cache(cache)
@@ -601,35 +532,29 @@ async def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, slow_ups
         assert counts["originals"] == blocks_of(12 * MB) + blocks_of(len(huge))
         assert counts["results"] == 2  # results written behind were flushed at exit
         assert "Traceback" not in server.output()
-    finally:
-        server.stop()
 
 
 async def test_sigterm_with_a_hung_upstream_exits_in_bounded_time_and_removes_tmp_files(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log")
-    try:
-        await server.wait_up()
+    async with slow_server(tmp_path, slow_upstream) as server:
         async with unlimited_session() as session:
             hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
             assert await asyncio.to_thread(slow_upstream.stalled.wait, 10), "the hung original never started"
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             await wait_refused(server.port)
-            code = await server.wait_exit(30)
+            code = await server.exited(30)
             exited = time.monotonic() - signalled
             answer = await asyncio.gather(hung, return_exceptions=True)
         assert code == 0, server.output()
-        # aiohttp waits shutdown_timeout (10 s) for the handler, then as long again after "cancelling" it (which
-        # only fails its request body): about 21 s in all, then the last tasks are cancelled and clean up
+        # aiohttp waits shutdown_seconds (5 s by default, as here) for the handler, then as long again after
+        # "cancelling" it (which only fails its request body): about 10 s in all, then the last tasks are cancelled
+        # and clean up
         assert exited < 30
         if not isinstance(answer[0], BaseException):  # an error answer is fine, a short 200 never
             assert answer[0][0] != 200, "a partial original was served"
         assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
         assert check_cache(cache)["originals"] == 0  # nothing of the hung original counts as cached
-    finally:
-        server.stop()
 
 
 def descendants(pid: int) -> list[int]:
@@ -657,6 +582,21 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def workers(pid: int) -> list[int]:
+    """The worker processes below a supervisor (multiprocessing's resource tracker is no worker)."""
+    return [child for child in descendants(pid) if b"spawn_main" in _cmdline(child)]
+
+
+@pytest.fixture
+def family():
+    """The processes a test's server started, as the test records them: any still alive at the end are killed."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -665,88 +605,55 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def test_sigterm_to_the_supervisor_stops_every_worker_after_their_requests(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
+async def test_sigterm_to_the_supervisor_stops_every_worker_after_their_requests(tmp_path, slow_upstream, family):
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log", workers=2)
-    family: list[int] = []
-    try:
-        await server.wait_up()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            family = descendants(server.pid)
-            workers = [pid for pid in family if b"spawn_main" in _cmdline(pid)]  # not the resource tracker
-            if len(workers) >= 2:
-                break
-            await asyncio.sleep(0.1)
-        assert len(workers) == 2, workers
+    async with slow_server(tmp_path, slow_upstream, workers=2) as server:
+        assert len(workers(server.pid)) == 2, workers(server.pid)  # both answered already
         async with unlimited_session() as session:
             raw = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_slow"))
             started = await asyncio.to_thread(slow_upstream.sending["100/0_slow/original.bin"].wait, 10)
             assert started, "the slow original never started downloading"
-            family = descendants(server.pid)
+            family.extend(descendants(server.pid))
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             await wait_refused(server.port, timeout=10)
             status, _, body = await raw
         assert status == 200 and hashlib.sha256(body).hexdigest() == slow_upstream.slow_digest, (status, len(body))
-        assert await server.wait_exit(20) == 0, server.output()
+        assert await server.exited(20) == 0, server.output()
         assert time.monotonic() - signalled < 20
-        deadline = time.monotonic() + 5
-        while [pid for pid in family if alive(pid)] and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert not [pid for pid in family if alive(pid)], "processes outlived the supervisor"
+        await until(lambda: not any(alive(pid) for pid in family), 5, interval=0.1,
+                    failure="processes outlived the supervisor")
         assert refused(server.port), "something still holds the port"
         assert not part_files(cache)
         assert "Traceback" not in server.output()
-    finally:
-        server.stop()
-        for pid in family:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 async def test_sigterm_to_the_supervisor_with_a_hung_upstream_leaves_no_tmp_files(tmp_path, slow_upstream):
-    config_file = write_config(tmp_path, slow_upstream.url, "[processing]\nthreads = 1\n")
     cache = tmp_path / "cache"
-    server = Server(config_file, tmp_path / "server.log", workers=2)
-    try:
-        await server.wait_up()
+    async with slow_server(tmp_path, slow_upstream, workers=2) as server:
         async with unlimited_session() as session:
             hung = asyncio.create_task(get(session, server.url + "/p/100/raw/entry_id/0_stall"))
             assert await asyncio.to_thread(slow_upstream.stalled.wait, 10), "the hung original never started"
             server.process.send_signal(signal.SIGTERM)
-            code = await server.wait_exit(40)
+            code = await server.exited(40)
             await asyncio.gather(hung, return_exceptions=True)
         assert code == 0, server.output()
         assert not part_files(cache), f"tmp files left behind: {part_files(cache)}"
-    finally:
-        server.stop()
 
 
-async def test_sigterm_after_clips_leaves_no_process_of_the_group(tmp_path):
+async def test_sigterm_after_clips_leaves_no_process_of_the_group(tmp_path, family):
     """Clips (by index, and remuxed into another container) are cut inside the workers: after SIGTERM the
     supervisor and every process it started are gone within shutdown_seconds and a margin."""
     make_config(tmp_path, extra="[server]\nshutdown_seconds = 2\n")
-    server = Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2)
-    family: list[int] = []
-    try:
-        await server.wait_up()
+    async with Server(tmp_path / "config.toml", tmp_path / "server.log", workers=2) as server:
         async with unlimited_session() as session:
             paths = [f"/p/100/flvclipper/entry_id/0_video/clip_from/{start}/clip_to/{start + 2000}{suffix}"
                      for start in (0, 1000, 2000, 3000) for suffix in ("", "/a.flv")]
             answers = await asyncio.gather(*(get(session, server.url + path) for path in paths * 2))
         assert all(status == 200 and body for status, _, body in answers)
-        family = descendants(server.pid)
+        family.extend(descendants(server.pid))
         server.process.send_signal(signal.SIGTERM)
-        assert await server.wait_exit(2 * 3 + 10) == 0, server.output()
-        deadline = time.monotonic() + 5
-        while [pid for pid in family if alive(pid)] and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert not [pid for pid in family if alive(pid)], "processes outlived the supervisor"
+        assert await server.exited(2 * 3 + 10) == 0, server.output()
+        await until(lambda: not any(alive(pid) for pid in family), 5, interval=0.1,
+                    failure="processes outlived the supervisor")
         assert "Traceback" not in server.output()
-    finally:
-        server.stop()
-        for pid in family:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)

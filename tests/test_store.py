@@ -17,10 +17,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
-import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,12 +29,14 @@ import av
 import pytest
 from PIL import Image
 
+from fixtures import servers
 from mediaproxy.app import RUNTIME, make_app
 from mediaproxy.refs import EntryRef
 from mediaproxy.store.reader import BlockReader
 
-from .conftest import FIXTURE_MEDIA, cache_entries, free_port, make_config, require_tool, until
-from .test_resilience import Server, unlimited_session
+from .conftest import (FIXTURE_MEDIA, LoopbackUpstream, Server, cache_entries, make_config, require_tool, tmpfs,
+                       until)
+from .test_resilience import unlimited_session
 
 MB = 1 << 20
 BLOCK = MB  # the default block_bytes
@@ -112,73 +112,24 @@ class Logged:
     if_range: str
 
 
-class RangeNginx:
+class RangeNginx(servers.Nginx):
     """nginx serving `root`, logging what the store's requests cost: status, body bytes, Range and If-Range.
     `server` adds directives to its server block (`limit_rate 4m;`...)."""
 
     def __init__(self, root: Path, workdir: Path, server: str = "") -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / "access.log"
-        conf = workdir / "nginx.conf"
-        conf.write_text(f"""
-daemon off;
-master_process off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log;
-events {{ worker_connections 512; }}
-http {{
-    log_format store '$request_method\t$uri\t$status\t$body_bytes_sent\t$http_range\t$http_if_range';
-    access_log {self.log} store;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    types {{ image/jpeg jpg; video/mp4 mp4; application/json json; }}
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {root};
-        etag on;
-        {server}
-    }}
-}}
-""")
-        self.process = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
+        super().__init__(root, workdir, server_extra=server, executable=require_tool("nginx"), log=(
+            "$request_method", "$uri", "$status", "$body_bytes_sent", "$http_range", "$http_if_range"))
 
     def requests(self, path_end: str = "") -> list[Logged]:
-        if not self.log.exists():
-            return []
-        found = []
-        for line in self.log.read_text().splitlines():
-            method, path, status, sent, asked, if_range = line.split("\t")
-            if path.endswith(path_end):
-                found.append(Logged(method, path, int(status), int(sent), "" if asked == "-" else asked,
-                                    "" if if_range == "-" else if_range))
-        return found
+        return [Logged(method, path, int(status), int(sent), "" if asked == "-" else asked,
+                       "" if if_range == "-" else if_range)
+                for method, path, status, sent, asked, if_range in self.logged() if path.endswith(path_end)]
 
     def gets(self, path_end: str) -> list[Logged]:
         return [line for line in self.requests(path_end) if line.method == "GET"]
 
     def sent(self, path_end: str) -> int:
         return sum(line.sent for line in self.gets(path_end))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -341,24 +292,11 @@ async def servers(tmp_path: Path, origin: str, extra: str = "", *, count: int = 
     started = [Server(tmp_path / "config.toml", tmp_path / f"server{index}.log", workers=workers)
                for index in range(count)]
     try:
-        await asyncio.gather(*(server.wait_up() for server in started))
-        if workers > 1:
-            await asyncio.gather(*(all_listening(server, workers) for server in started))
+        await asyncio.gather(*(server.up() for server in started))  # together: each waits in a thread
         yield started
     finally:
         for server in started:
             server.stop()
-
-
-async def all_listening(server: Server, workers: int, timeout: float = 30) -> None:
-    """Until /healthz has been answered by `workers` different processes (each listens on the shared port)."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + timeout
-    async with unlimited_session() as session:
-        while len(seen) < workers:
-            assert time.monotonic() < deadline, f"only workers {seen} answer"
-            async with session.get(server.url + "/healthz") as response:
-                seen.add((await response.json())["worker"])
 
 
 def answering_workers(server: Server, path_part: str) -> Counter:
@@ -545,7 +483,7 @@ async def test_the_originals_budget_holds_across_two_workers(tmp_path, upstream)
 # =============================================================================================================
 
 
-class PyUpstream:
+class PyUpstream(LoopbackUpstream):
     """A loopback HTTP/1.1 origin (one request per connection) for the tests' faults.
 
     `files[path] = body`, served under `etags[path]` (change both to change the file): HEAD, GET, `Range` (206) and
@@ -559,6 +497,7 @@ class PyUpstream:
     """
 
     def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__()
         self.files = dict(files)
         self.etags = {path: f'"v1-{len(body)}"' for path, body in files.items()}
         self.behave = lambda method, path, asked: None
@@ -567,28 +506,11 @@ class PyUpstream:
         self.open: Counter = Counter()
         self.most: Counter = Counter()
         self.closed: list[tuple[str, float]] = []
-        self.stopping = False
-        self._tasks: set[asyncio.Task] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> PyUpstream:
-        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def stop(self) -> None:
-        self.server.close()
-        self.stopping = True
-        for writer in list(self._writers):
-            writer.close()
-        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 10)
 
     def gets(self, path: str) -> list[tuple[str, str, str, str, int]]:
         return [line for line in self.log if line[0] == "GET" and line[1] == path]
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tasks.add(asyncio.current_task())
-        self._writers.add(writer)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         path = None
         try:
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -599,9 +521,9 @@ class PyUpstream:
             self.open[path] += 1
             self.most[path] = max(self.most[path], self.open[path])
             gone = asyncio.ensure_future(reader.read(1))  # b"": the client closed its end
-            answer = asyncio.ensure_future(self._answer(method, path, headers, writer))
-            await asyncio.wait([gone, answer], return_when=asyncio.FIRST_COMPLETED)
-            answer.cancel()
+            answering = asyncio.ensure_future(self._answer(method, path, headers, writer))
+            await asyncio.wait([gone, answering], return_when=asyncio.FIRST_COMPLETED)
+            answering.cancel()
             gone.cancel()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -610,8 +532,6 @@ class PyUpstream:
             if path is not None:
                 self.open[path] -= 1
                 self.closed.append((path, asyncio.get_running_loop().time()))
-            self._tasks.discard(asyncio.current_task())
-            self._writers.discard(writer)
 
     async def _answer(self, method: str, path: str, headers: dict[str, str], writer: asyncio.StreamWriter) -> None:
         asked, if_range = headers.get("range", ""), headers.get("if-range", "")
@@ -654,7 +574,7 @@ class PyUpstream:
             part = part[:len(part) // 2]
         if behaviour == "drip":
             for offset in range(len(part)):
-                if self.stopping:
+                if self.stopping.is_set():
                     return
                 writer.write(part[offset:offset + 1])
                 await writer.drain()
@@ -662,8 +582,8 @@ class PyUpstream:
             return
         writer.write(part)
         await writer.drain()
-        while behaviour == "stall" and not self.stopping:
-            await asyncio.sleep(0.05)
+        if behaviour == "stall":  # half the body, then nothing until the upstream stops
+            await self.stopping.wait()
 
 
 @asynccontextmanager
@@ -793,10 +713,12 @@ async def test_an_unknown_entry_costs_a_bounded_number_of_requests_remembered_ac
         for url in urls:  # remembered, by either worker
             assert (await fetch(session, url))[0] == 404
         assert len(upstream.requests()) == seen
-        while len(upstream.requests()) == seen:  # asked again once not_found_seconds are over, not before
+
+        async def asked_again() -> bool:  # once not_found_seconds are over, not before
             assert (await fetch(session, urls[1]))[0] == 404
-            assert loop.time() - before < not_found + 10
-            await asyncio.sleep(0.05)  # polling
+            return len(upstream.requests()) > seen
+
+        await until(asked_again, not_found + 10, interval=0.05)
         assert loop.time() - before >= not_found - 0.1
         assert len(upstream.requests()) - seen == 1 + len(extensions)
 
@@ -1012,23 +934,17 @@ async def test_a_failed_block_fetch_fails_that_request_keeps_nothing_and_is_fetc
 @pytest.fixture
 def full_cache_disk(tmp_path: Path):
     """A 4 MB tmpfs where the server's cache goes (tmp_path / "cache"); `fill()` leaves it no byte free."""
-    mount = tmp_path / "cache"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-disk test: {result.stderr.decode().strip()}")
+    with tmpfs(tmp_path / "cache", "4m") as mount:
+        def fill() -> None:
+            with open(mount / "filler", "wb") as filler:
+                try:
+                    while True:
+                        filler.write(b"\0" * 65_536)
+                        filler.flush()
+                except OSError:
+                    pass
 
-    def fill() -> None:
-        with open(mount / "filler", "wb") as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 65_536)
-                    filler.flush()
-            except OSError:
-                pass
-
-    yield fill
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+        yield fill
 
 
 async def test_a_full_disk_serves_everything_uncached_reports_degraded_and_logs_once(serve, tmp_path, nginx,

@@ -1,7 +1,4 @@
-"""Unit tests of the URL grammar (SPEC §1–§4): `mediaproxy.urls.parse` and `redact_ks`, no server.
-
-Tests written to the SPEC where the parser disagrees are marked `xfail(strict=True)` with the SPEC line in the reason.
-"""
+"""Unit tests of the URL grammar (SPEC §1–§4): `mediaproxy.urls.parse` and `redact_ks`, no server."""
 
 from __future__ import annotations
 

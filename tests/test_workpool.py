@@ -49,6 +49,12 @@ class Gate:
     async def wait_started(self) -> None:
         await until(self.started.is_set)
 
+    async def occupy(self, pool: WorkPool, value) -> asyncio.Task:
+        """This job on `pool` (a task of its pool.run), once it runs."""
+        task = asyncio.create_task(pool.run(self.job, value))
+        await self.wait_started()
+        return task
+
 
 async def test_runs_function_in_a_worker_thread_and_returns_its_value(make_pool):
     pool = make_pool(threads=2, queue=2)
@@ -123,8 +129,7 @@ async def test_third_job_is_rejected_with_overloaded_while_first_two_complete(ma
 async def test_rejection_happens_at_once_not_after_waiting(make_pool):
     pool = make_pool(threads=1, queue=0)
     gate = Gate()
-    running = asyncio.create_task(pool.run(gate.job, 1))
-    await gate.wait_started()
+    running = await gate.occupy(pool, 1)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(Overloaded):
@@ -138,13 +143,12 @@ async def test_rejection_happens_at_once_not_after_waiting(make_pool):
 async def test_cancelled_waiter_keeps_counting_until_the_thread_finishes(make_pool):
     pool = make_pool(threads=1, queue=0)
     gate = Gate()
-    waiter = asyncio.create_task(pool.run(gate.job, "orphan"))
-    await gate.wait_started()
+    waiter = await gate.occupy(pool, "orphan")
 
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # a pool that let go of the job on cancellation would show it within this window
     assert pool.pending == 1  # the thread is still busy with the job
     assert not gate.finished.is_set()
     with pytest.raises(Overloaded):  # and it still occupies the pool's capacity
@@ -160,8 +164,7 @@ async def test_cancelled_waiter_keeps_counting_until_the_thread_finishes(make_po
 async def test_cancelled_waiter_of_a_queued_job_frees_its_slot_and_the_job_never_runs(make_pool):
     pool = make_pool(threads=1, queue=1)
     gate = Gate()
-    running = asyncio.create_task(pool.run(gate.job, "running"))
-    await gate.wait_started()
+    running = await gate.occupy(pool, "running")
     ran = threading.Event()
     queued = asyncio.create_task(pool.run(ran.set))
     await until(lambda: pool.pending == 2)
@@ -173,8 +176,7 @@ async def test_cancelled_waiter_of_a_queued_job_frees_its_slot_and_the_job_never
 
     gate.release.set()
     assert await running == "running"
-    await until(lambda: pool.pending == 0)
-    await asyncio.sleep(0.02)
+    await until(lambda: pool.pending == 0)  # settled: a job that ran would have set `ran` before this
     assert not ran.is_set()
 
 
