@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fixtures import servers
-from fixtures.servers import children, find_tool, free_port, wait_for  # noqa: F401 - children, wait_for: scenarios
+from fixtures.servers import DeployedNginx, children, find_tool, free_port, wait_for  # noqa: F401 - for scenarios
 
 CORES = os.cpu_count() or 1
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (CORES, BareAiohttp, Load, Mediaproxy, Nginx, Thumbor, children,  # noqa: E402
+from bench.harness import (CORES, BareAiohttp, DeployedNginx, Load, Mediaproxy, Nginx, Thumbor, children,  # noqa: E402
                            in_threads, peak_rss_mb, run_in_background, tool, wait_for, wrk, wrk_list)
 from bench.clips import clips  # noqa: E402
 from bench.media import panning_video  # noqa: E402
@@ -84,23 +84,30 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
         static.mkdir()
         import urllib.request
         (static / "thumb.jpg").write_bytes(urllib.request.urlopen(server.url + hot_path).read())
-        with Nginx(workdir / "nginx", static) as nginx, BareAiohttp(static / "thumb.jpg", CORES) as bare:
+        with Nginx(workdir / "nginx", static) as nginx, BareAiohttp(static / "thumb.jpg", CORES) as bare, \
+                DeployedNginx(workdir / "deployed", [server.port, server.port], executable=tool("nginx")) as front:
             wait_for(nginx.url + "/thumb.jpg")
             wait_for(bare.url + "/thumb.jpg")
+            wait_for(front.url + hot_path)  # the miss: from now on nginx's cache answers it
             wrk(server.url, hot_path, seconds=1, connections=32)  # every worker has it in memory
             hot = wrk(server.url, hot_path, seconds=seconds, connections=32)
             _check(hot, "hot thumbnails")
+            ceiling = wrk(bare.url, "/thumb.jpg", seconds=seconds, connections=32)
             plain = wrk(nginx.url, "/thumb.jpg", seconds=seconds, connections=32)
             _check(plain, "nginx")
-            ceiling = wrk(bare.url, "/thumb.jpg", seconds=seconds, connections=32)
+            wrk(front.url, hot_path, seconds=1, connections=32)
+            fronted = wrk(front.url, hot_path, seconds=seconds, connections=32)
+            _check(fronted, "deploy/nginx.conf")
         size = (static / "thumb.jpg").stat().st_size
         rows.append((f"hot thumbnail requests/s ({size // 1000} KB, memory cache, {CORES} workers)",
-                     f"{hot.requests_per_second:.0f}", f"{plain.requests_per_second:.0f} (nginx static file, "
-                     f"{CORES} workers)", f"{hot.requests_per_second / plain.requests_per_second:.2f}×", "≥ 0.5×"))
-        rows.append(("  the same bytes from aiohttp with no logic (ceiling)", f"{hot.requests_per_second:.0f}",
-                     f"{ceiling.requests_per_second:.0f} (bare aiohttp, {CORES} processes)",
-                     f"{hot.requests_per_second / ceiling.requests_per_second:.2f}×", ""))
-        rows.append(("  hot latency p50 / p99 (ms)", f"{hot.latency_ms_p50:.2f} / {hot.latency_ms_p99:.2f}",
+                     f"{hot.requests_per_second:.0f}", f"{ceiling.requests_per_second:.0f} (bare aiohttp serving "
+                     f"the same bytes, {CORES} processes)",
+                     f"{hot.requests_per_second / ceiling.requests_per_second:.2f}×", "≥ 0.8×"))
+        rows.append(("  the same URL through deploy/nginx.conf (nginx's cache in front)",
+                     f"{fronted.requests_per_second:.0f}", f"{plain.requests_per_second:.0f} (nginx static file, "
+                     f"{CORES} workers)", f"{fronted.requests_per_second / plain.requests_per_second:.2f}×", "≥ 0.9×"))
+        rows.append(("  hot latency p50 / p99 (ms): mediaproxy; nginx static",
+                     f"{hot.latency_ms_p50:.2f} / {hot.latency_ms_p99:.2f}",
                      f"{plain.latency_ms_p50:.2f} / {plain.latency_ms_p99:.2f}", "", ""))
     return rows
 

@@ -9,7 +9,7 @@ from .refs import EntryRef
 
 SERVICE = web.RequestKey("service", str)  # thumbnail, flvclipper, raw, or another endpoint's name
 ENTRY = web.RequestKey("entry", EntryRef)
-TIER = web.RequestKey("tier", str)  # where the answer came from: memory, disk, render, remux, file
+TIER = web.RequestKey("tier", str)  # where the answer came from: memory, disk, render, index, remux, file
 STARTED = web.RequestKey("started", float)  # time.perf_counter() when it arrived
 PRIVATE = web.RequestKey("private", bool)  # answered for one KS holder: Cache-Control private
 HOT = web.RequestKey("hot", bool)  # answered from the hot answers, before routing

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,11 +18,9 @@ from urllib.parse import urlencode
 import pytest
 from PIL import Image
 
-from fixtures.servers import Mediaproxy, wait_for
+from fixtures.servers import DeployedNginx, Mediaproxy, wait_for
 
-from .conftest import FIXTURE_MEDIA, REPO, free_port, require_tool, wait_until
-
-DEPLOY = REPO / "deploy" / "nginx.conf"
+from .conftest import FIXTURE_MEDIA, require_tool, wait_until
 
 
 def _start_node(tmp_path: Path, name: str, root: Path = FIXTURE_MEDIA, extra: str = "") -> Mediaproxy:
@@ -77,30 +74,15 @@ def cluster(tmp_path):
 
 @contextlib.contextmanager
 def _cluster(tmp_path: Path, root: Path = FIXTURE_MEDIA, extra: str = ""):
-    nginx_binary = require_tool("nginx")
     nodes = [_start_node(tmp_path, "node1", root, extra), _start_node(tmp_path, "node2", root, extra)]
-    port = free_port()
-    work = tmp_path / "nginx"
-    work.mkdir()
-    config = DEPLOY.read_text()
-    for old, new in (("127.0.0.1:8081", f"127.0.0.1:{nodes[0].port}"), ("127.0.0.1:8082", f"127.0.0.1:{nodes[1].port}"),
-                     ("listen 8080;", f"listen 127.0.0.1:{port};"), ("/var/cache/nginx/mediaproxy", str(work / "c")),
-                     ("/run/nginx-mediaproxy.pid", str(work / "pid")),
-                     ("/var/log/nginx/mediaproxy-error.log", str(work / "error.log"))):
-        assert old in config, f"deploy/nginx.conf no longer has {old!r}"
-        config = config.replace(old, new)
-    prefix = "daemon off;\n" + ("user root;\n" if os.geteuid() == 0 else "")
-    (work / "nginx.conf").write_text(prefix + config)
-    nginx = subprocess.Popen([nginx_binary, "-c", str(work / "nginx.conf"), "-p", str(work)],
-                             stderr=subprocess.PIPE)
     try:
-        for node in nodes:
-            wait_for(f"{node.url}/healthz", process=node.process, output=node.output)
-        wait_for(f"http://127.0.0.1:{port}/healthz", process=nginx)
-        yield f"http://127.0.0.1:{port}", nodes
+        with DeployedNginx(tmp_path / "nginx", [node.port for node in nodes],
+                           executable=require_tool("nginx")) as nginx:
+            for node in nodes:
+                wait_for(f"{node.url}/healthz", process=node.process, output=node.output)
+            wait_for(f"{nginx.url}/healthz", process=nginx.process)
+            yield nginx.url, nodes
     finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
         for node in nodes:
             node.stop(20)
 

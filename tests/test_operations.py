@@ -79,7 +79,7 @@ async def test_server_timing_says_where_the_time_went(client):
     raw = await client.get("/p/100/raw/entry_id/0_video")
     assert "origin;dur=" in raw.headers["Server-Timing"]
     clip = await client.get("/p/100/flvclipper/entry_id/0_video/clip_from/1000/clip_to/3000")
-    assert "index;dur=" in clip.headers["Server-Timing"] and "cache;desc=render" in clip.headers["Server-Timing"]
+    assert "index;dur=" in clip.headers["Server-Timing"] and "cache;desc=index" in clip.headers["Server-Timing"]
     again = await client.get("/p/100/flvclipper/entry_id/0_video/clip_from/1000/clip_to/3000")
     assert again.headers["Server-Timing"].endswith("cache;desc=memory")  # the built index, kept
     remux = await client.get("/p/100/flvclipper/entry_id/0_video/clip_from/1000/clip_to/3000/a.flv")

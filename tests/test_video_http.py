@@ -480,7 +480,7 @@ async def test_the_index_of_a_long_clip_is_kept_on_disk_and_nothing_else(serve, 
     path = f"{CLIP}/0_long/clip_from/5000/clip_to/75000"
     first = await (await serve(config)).get(path)
     body = await first.read()
-    assert first.status == 200 and "cache;desc=render" in first.headers["Server-Timing"]
+    assert first.status == 200 and "cache;desc=index" in first.headers["Server-Timing"]
     await until(lambda: len(cached_clip_entries(tmp_path)) == 1)  # written behind the answer
     [entry] = cached_clip_entries(tmp_path)
     assert entry["ns"] == "indexes" and entry["size"] < len(body) // 10  # the index, never the media
@@ -493,7 +493,7 @@ async def test_starts_that_snap_to_one_keyframe_are_one_clip(client, tmp_path):
     assert {answer.headers["ETag"] for answer in answers} == {answers[0].headers["ETag"]}
     assert len({await answer.read() for answer in answers}) == 1
     assert [answer.headers["Server-Timing"].rpartition("desc=")[2] for answer in answers] == [
-        "render", "memory", "memory"]  # one index built, for the window they snap to
+        "index", "memory", "memory"]  # one index built, for the window they snap to
 
 
 @pytest.mark.parametrize("params", [
@@ -591,7 +591,7 @@ async def test_range_slices_of_an_index_clip_concatenate_to_the_whole_clip(clien
     whole = await client.get(f"{CLIP}/{entry}/{window}")
     body = await whole.read()
     assert whole.status == 200 and whole.headers["Content-Length"] == str(len(body))
-    assert "cache;desc=render" in whole.headers["Server-Timing"]  # built by index, not remuxed
+    assert "cache;desc=index" in whole.headers["Server-Timing"]  # built by index, not remuxed
     size = len(body)
     cuts = sorted({0, 1, 7, 13, 600, size // 3, size // 2, size - 9, size})
     pieces = []
@@ -608,7 +608,7 @@ async def test_an_index_clip_and_a_remux_of_the_same_window_show_the_same_frames
     window = "clip_from/1500/clip_to/4200"
     by_index = await client.get(f"{CLIP}/0_video/{window}")
     remuxed = await client.get(f"{CLIP}/0_video/{window}/a.flv")  # another container: cut by packet copy
-    assert "cache;desc=render" in by_index.headers["Server-Timing"]
+    assert "cache;desc=index" in by_index.headers["Server-Timing"]
     assert "cache;desc=remux" in remuxed.headers["Server-Timing"]
     assert by_index.headers["X-Clip-Start-Ms"] == remuxed.headers["X-Clip-Start-Ms"] == "1000"
     index_frames = decoded_frame_hashes(await by_index.read(), tmp_path, "index.mp4")

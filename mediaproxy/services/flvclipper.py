@@ -171,14 +171,14 @@ class ClipService:
         timings["index"] = (time.perf_counter() - built) * 1000
         self._layouts.put(key, layout)
         if quick:
-            return layout, "render"
+            return layout, "index"
         body, meta = layout_to_blob(layout)
         # written behind the answer: the first byte waits for the index, never for the disk
         writing = asyncio.get_running_loop().create_task(self.disk.write("indexes", [(key, body, meta)],
                                                                          owner=file.owner))
         self._writes.add(writing)
         writing.add_done_callback(self._writes.discard)
-        return layout, "render"
+        return layout, "index"
 
     # ----------------------------------------------------------------------------------------------- by remux
 
