@@ -105,7 +105,8 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
                      f"{hot.requests_per_second / ceiling.requests_per_second:.2f}×", "≥ 0.8×"))
         rows.append(("  the same URL through deploy/nginx.conf (nginx's cache in front)",
                      f"{fronted.requests_per_second:.0f}", f"{plain.requests_per_second:.0f} (nginx static file, "
-                     f"{CORES} workers)", f"{fronted.requests_per_second / plain.requests_per_second:.2f}×", "≥ 0.9×"))
+                     f"{CORES} workers)", f"{fronted.requests_per_second / plain.requests_per_second:.2f}×",
+                     "≥ 0.9×"))
         rows.append(("  hot latency p50 / p99 (ms): mediaproxy; nginx static",
                      f"{hot.latency_ms_p50:.2f} / {hot.latency_ms_p99:.2f}",
                      f"{plain.latency_ms_p50:.2f} / {plain.latency_ms_p99:.2f}", "", ""))

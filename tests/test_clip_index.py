@@ -272,12 +272,12 @@ def test_clip_to_rules(videos):
     index = index_of(videos["mp4"])
     # ends that give the same last frame are one clip; a frame shown exactly at clip_to is not in it
     assert index.snap(1.5, 3.17) == index.snap(1.5, 3.2) == index.snap(1.0, 3.19)
-    assert index.snap(1.5, 3.2).end_sample == 80 and index.snap(1.5, 3.21).end_sample == 81
+    assert index.snap(1.5, 3.2).stop == 80 and index.snap(1.5, 3.21).stop == 81
     # past the end, or none: to the end
     assert index.snap(1.5, None) == index.snap(1.5, 4.0) == index.snap(1.5, 99.0)
     assert index.snap(1.5, None).duration == pytest.approx(3.0, abs=1e-3)
     # an end inside the first frame still gives that frame
-    assert index.snap(2.0, 2.001).end_sample == 51
+    assert index.snap(2.0, 2.001).stop == 51
     with pytest.raises(BadRequest, match="clip_to"):
         index.snap(2.0, 1.0)
 
@@ -725,7 +725,7 @@ def test_an_hour_of_tables_is_indexed_and_laid_out_from_the_moov(tmp_path):
     clip.seek(0, os.SEEK_END)
     clip.truncate(layout.size)
     again = read_mp4_index(clip, layout.size)
-    assert again.video.samples == window.end_sample - window.key_sample
-    assert again.video.chunks[0] == len(header.data) + index.video.offset_of(window.key_sample) - media.offset
+    assert again.video.samples == window.stop - window.first_key
+    assert again.video.chunks[0] == len(header.data) + index.video.offset_of(window.first_key) - media.offset
     assert again.snap(0, None).duration == pytest.approx(window.duration, abs=0.05)
     source.close()

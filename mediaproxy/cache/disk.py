@@ -154,8 +154,7 @@ class DiskCache:
 
     def read_sync(self, namespace: str, key: str) -> Blob | None:
         """The entry's body and meta, checked; None when absent or damaged (then removed). Any thread."""
-        name = _name(namespace, key)
-        path = self._path(name)
+        name, path = self._located(namespace, key)
         try:
             with open(path, "rb") as file:
                 stat = os.fstat(file.fileno())
@@ -184,8 +183,7 @@ class DiskCache:
         return await asyncio.to_thread(self._open_file_sync, namespace, key)
 
     def _open_file_sync(self, namespace: str, key: str) -> BlobFile | None:
-        name = _name(namespace, key)
-        path = self._path(name)
+        name, path = self._located(namespace, key)
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -273,14 +271,13 @@ class DiskCache:
                 size += len(chunk)
             file.write(_trailer_bytes(namespace, key, size, digest.hexdigest(), meta))
         self._commit(namespace, key, tmp, owner)
-        path = self._path(_name(namespace, key))
+        _, path = self._located(namespace, key)
         stat = path.stat()
         self._verified.add((path.name, stat.st_ino, stat.st_mtime_ns, stat.st_size))
         return BlobFile(path, size, meta)
 
     def _commit(self, namespace: str, key: str, tmp: Path, owner: str | None) -> None:
-        name = _name(namespace, key)
-        target = self._path(name)
+        name, target = self._located(namespace, key)
 
         def into_place() -> None:
             try:
@@ -423,6 +420,11 @@ class DiskCache:
 
     def _path(self, name: str) -> Path:
         return self._data / name[:2] / name
+
+    def _located(self, namespace: str, key: str) -> tuple[str, Path]:
+        """The file name of a key's entry, and where it lives."""
+        name = _name(namespace, key)
+        return name, self._path(name)
 
 
 def _name(namespace: str, key: str) -> str:

@@ -15,7 +15,7 @@ import bisect
 import contextlib
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, ClassVar, Iterator, Union
 
 from ..errors import Unprocessable
 
@@ -35,6 +35,21 @@ def guarded(container: str):
         yield
     except (OverflowError, IndexError, struct.error, ZeroDivisionError, RecursionError, UnicodeError) as error:
         raise NotIndexable(f"malformed {container} index ({type(error).__name__})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ClipWindow:
+    """A clip's window snapped to the index: frozen, hashable, equal for requests that give the same clip."""
+
+    first_key: int  # the keyframe the clip starts at (MP4: a video sample, decode order; FLV: a keyframe number)
+    stop: int  # the first of those not in the clip
+    start_seconds: float  # the keyframe's display time, from the start of the video
+    duration: float  # seconds
+    KIND: ClassVar[str] = "clip"  # the layout's format, and its version
+
+    def key(self) -> str:
+        """What the window's cached layout is filed under (with the original's identity)."""
+        return f"{self.KIND}:{self.first_key}-{self.stop}"
 
 
 @dataclass(frozen=True, slots=True)

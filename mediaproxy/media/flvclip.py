@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import BadRequest
-from .clipparts import (FLV_TAG_TYPES, FlvTags, Layout, Literal, NotIndexable, guarded, pack_syncs, read_at,
-                        tag_timestamp)
+from .clipparts import (FLV_TAG_TYPES, ClipWindow, FlvTags, Layout, Literal, NotIndexable, guarded, pack_syncs,
+                        read_at, tag_timestamp)
 
 MAX_SCRIPT = 4 << 20  # an onMetaData of a long file with a keyframe index: ~20 bytes a keyframe
 MAX_SEQUENCE_HEADER = 1 << 20
@@ -36,15 +36,11 @@ _DROPPED_META = {"duration", "filesize", "keyframes", "datasize", "videosize", "
 _TAG = struct.Struct(">B3s4s3s")
 
 
-@dataclass(frozen=True, slots=True)
-class FlvWindow:
-    key_index: int  # the keyframe the clip starts at (in the index's keyframes)
-    end_index: int  # the first keyframe not in the clip (len: to the end)
-    start_seconds: float
-    duration: float
+class FlvWindow(ClipWindow):
+    """An FLV clip's window: `first_key` and `stop` count the index's keyframes (stop = their number: to the end)."""
 
-    def key(self) -> str:
-        return f"flvv1:{self.key_index}-{self.end_index}"
+    __slots__ = ()
+    KIND = "flvv1"
 
 
 @dataclass(slots=True)
@@ -91,7 +87,7 @@ class FlvIndex:
             stop = bisect.bisect_left(self.times, zero + math.ceil(end * 1000 - 1e-6), lo=key + 1)
         finish = self.times[stop] - zero if stop < count else self.duration_ms
         begin = self.times[key] - zero
-        return FlvWindow(key_index=key, end_index=stop, start_seconds=begin / 1000,
+        return FlvWindow(first_key=key, stop=stop, start_seconds=begin / 1000,
                          duration=max(finish - begin, 1) / 1000)
 
     def layout(self, window: FlvWindow) -> Layout:
@@ -100,7 +96,7 @@ class FlvIndex:
             return self._layout(window)
 
     def _layout(self, window: FlvWindow) -> Layout:
-        key, stop = window.key_index, window.end_index
+        key, stop = window.first_key, window.stop
         if not 0 <= key < stop <= len(self.times):
             raise ValueError("the window does not belong to this index")
         origin, shift = self.positions[key], self.times[key]

@@ -22,10 +22,10 @@ import operator
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from ..errors import BadRequest
-from .clipparts import Layout, Literal, NotIndexable, SourceRange, guarded, read_at
+from .clipparts import ClipWindow, Layout, Literal, NotIndexable, SourceRange, guarded, read_at
 
 MAX_MOOV = 64 << 20  # bytes: a 1-hour file's moov is ~2-4 MB
 MAX_FTYP = 4096
@@ -282,18 +282,12 @@ class Track:
 
 
 @dataclass(frozen=True, slots=True)
-class Mp4Window:
-    """The snapped sample window: frozen, hashable; equal for requests that give the same clip."""
+class Mp4Window(ClipWindow):
+    """An MP4 clip's window: `first_key` and `stop` are video samples; every track's own cut, and edit lengths."""
 
-    key_sample: int  # the video keyframe the clip starts at (0-based, decode order)
-    end_sample: int  # the first video sample not in the clip
-    start_seconds: float  # the keyframe's display time, from the start of the video
-    duration: float  # seconds
     tracks: tuple[tuple[int, int, int, int, int], ...]  # (track index, first sample, stop, empty, media time)
     edits: tuple[int, ...]  # each track's edit length (movie timescale), in the order of `tracks`
-
-    def key(self) -> str:
-        return f"mp4v1:{self.key_sample}-{self.end_sample}"
+    KIND: ClassVar[str] = "mp4v1"
 
 
 @dataclass(slots=True)
@@ -369,7 +363,7 @@ class Mp4Index:
             if window is not None:
                 tracks.append((index, *window[:4]))
                 edits.append(window[4])
-        return Mp4Window(key_sample=key, end_sample=stop_sample, start_seconds=(origin - self.zero) / scale,
+        return Mp4Window(first_key=key, stop=stop_sample, start_seconds=(origin - self.zero) / scale,
                          duration=(stop_time - origin) / scale, tracks=tuple(tracks), edits=tuple(edits))
 
     def _movie(self, units: int, timescale: int) -> int:

@@ -10,9 +10,9 @@ import asyncio
 import email.utils
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from aiohttp import web
 
@@ -29,36 +29,36 @@ T = TypeVar("T")
 _WATCH_SECONDS = 0.25  # how often a request waiting for upstream bytes looks whether its client is still there
 
 
+class _Span:
+    """Bytes [start, end] (inclusive) of something: their length, and a part of them."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def cut(self, low: int, high: int) -> Self:
+        return replace(self, start=self.start + low, end=self.start + high)
+
+
 @dataclass(frozen=True)
-class FileRange:
+class FileRange(_Span):
     """Bytes [start, end] (inclusive) of an entry's file."""
 
     file: EntryFile
     start: int
     end: int
 
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-    def cut(self, low: int, high: int) -> FileRange:
-        return FileRange(self.file, self.start + low, self.start + high)
-
 
 @dataclass(frozen=True)
-class PathRange:
+class PathRange(_Span):
     """Bytes [start, end] (inclusive) of a file on this machine (a cached clip)."""
 
     path: Path
     start: int
     end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-    def cut(self, low: int, high: int) -> PathRange:
-        return PathRange(self.path, self.start + low, self.start + high)
 
 
 @dataclass(frozen=True)
