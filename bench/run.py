@@ -62,7 +62,8 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
                 lambda: in_threads(lambda _: render_image(options, data, settings), threads=CORES, seconds=seconds))
             kind = "PNG with alpha → PNG" if name.endswith(".png") else "JPEG →"
             rows.append((f"cold thumbnails/s, {width}×{height} {kind} 320×240", f"{cold:.1f}",
-                         f"{limit:.1f} (in-process, {CORES} threads)", f"{cold / limit:.2f}×", "≥ 0.9×"))
+                         f"{limit:.1f} (in-process, {CORES} threads)", f"{cold / limit:.2f}×",
+                         "≥ 0.95×" if entry == "0_hd" else "≥ 0.9×"))
 
     with Mediaproxy(workdir / "mediaproxy-reuse", origin, workers=workers) as server:
         wait_for(f"{server.url}/p/100/thumbnail/entry_id/0_hd")

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -232,16 +232,16 @@ class DiskCache:
         return await self._run(self._write_items, namespace, items, owner)
 
     def _write_items(self, namespace: str, items, owner: str | None) -> bool:
-        for key, body, meta in items:
-            tmp = None
-            try:
-                tmp = self._write_tmp(body, _trailer(namespace, key, body, meta))
-                self._commit(namespace, key, tmp, owner)
-            except Exception as error:  # noqa: BLE001 - OSError, or sqlite's "database or disk is full"
-                if tmp is not None:
-                    _unlink(tmp)
-                self._failed(f"writing {namespace}", error)
-                return False
+        written: list[tuple[str, Path]] = []  # (key, its tmp file)
+        try:
+            for key, body, meta in items:
+                written.append((key, self._write_tmp(body, _trailer(namespace, key, body, meta))))
+            self._commit(namespace, written, owner)  # one index transaction for them all
+        except Exception as error:  # noqa: BLE001 - OSError, or sqlite's "database or disk is full"
+            for _, tmp in written:
+                _unlink(tmp)
+            self._failed(f"writing {namespace}", error)
+            return False
         return True
 
     async def write_file(self, namespace: str, key: str, produce: Callable[[Path], dict | None], *,
@@ -270,27 +270,31 @@ class DiskCache:
                 digest.update(chunk)
                 size += len(chunk)
             file.write(_trailer_bytes(namespace, key, size, digest.hexdigest(), meta))
-        self._commit(namespace, key, tmp, owner)
+        self._commit(namespace, [(key, tmp)], owner)
         _, path = self._located(namespace, key)
         stat = path.stat()
         self._verified.add((path.name, stat.st_ino, stat.st_mtime_ns, stat.st_size))
         return BlobFile(path, size, meta)
 
-    def _commit(self, namespace: str, key: str, tmp: Path, owner: str | None) -> None:
-        name, target = self._located(namespace, key)
+    def _commit(self, namespace: str, written: Sequence[tuple[str, Path]], owner: str | None) -> None:
+        """Written tmp files (key, tmp) into place as the keys' entries."""
+        placed = [(self._located(namespace, key), tmp) for key, tmp in written]
 
         def into_place() -> None:
-            try:
-                os.replace(tmp, target)
-            except FileNotFoundError:  # the first entry of its shard
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, target)
+            for (_, target), tmp in placed:
+                try:
+                    os.replace(tmp, target)
+                except FileNotFoundError:  # the first entry of its shard
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, target)
 
+        sizes = [(name, tmp.stat().st_size) for (name, _), tmp in placed]
         try:
-            victims = self.index.add(namespace, name, tmp.stat().st_size, owner, into_place)
+            victims = self.index.add(namespace, sizes, owner, into_place)
         except BaseException:
-            if not tmp.exists():  # in place, but the index refused (a full disk): not a cache entry
-                _unlink(target)
+            for (_, target), tmp in placed:
+                if not tmp.exists():  # in place, but the index refused (a full disk): not a cache entry
+                    _unlink(target)
             raise
         for victim in victims:
             _unlink(self._path(victim))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,29 +130,33 @@ class SharedIndex:
 
     # ------------------------------------------------------------------------------------------- entries
 
-    def add(self, namespace: str, name: str, size: int, owner: str | None, commit_file) -> list[str]:
-        """Record an entry whose file `commit_file()` puts in place (inside the write lock, so no eviction running
-        in another process can remove the new file under its new row); returns the names evicted to make room,
-        whose files the caller deletes. The new entry itself is never among them."""
+    def add(self, namespace: str, entries: Sequence[tuple[str, int]], owner: str | None,
+            commit_files: Callable[[], None]) -> list[str]:
+        """Record entries (name, size) whose files `commit_files()` puts in place (inside the write lock, so no
+        eviction running in another process can remove a new file under its new row), in one transaction; returns
+        the names evicted to make room, whose files the caller deletes. The new entries are never among them."""
         with _write(self.db) as db:
-            commit_file()
-            db.execute("DELETE FROM entries WHERE name = ?", (name,))
-            db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (name, namespace, size, time.time(), owner))
-            return self._evict(db, namespace, keep=name)
+            commit_files()
+            now = time.time()
+            db.executemany("DELETE FROM entries WHERE name = ?", ((name,) for name, _ in entries))
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                           ((name, namespace, size, now, owner) for name, size in entries))
+            return self._evict(db, namespace, keep={name for name, _ in entries})
 
-    def _evict(self, db: sqlite3.Connection, namespace: str, keep: str) -> list[str]:
+    def _evict(self, db: sqlite3.Connection, namespace: str, keep: Set[str] = frozenset()) -> list[str]:
         budget = self.budgets.get(namespace)
         total = self._total(db, namespace)
         if budget is None or total <= budget:
             return []
         victims = []
         target = int(budget * _LOW_WATER)
-        for name, size in db.execute("SELECT name, size FROM entries WHERE namespace = ? AND name != ? "
-                                     "ORDER BY used", (namespace, keep)):
+        for name, size in db.execute("SELECT name, size FROM entries WHERE namespace = ? ORDER BY used",
+                                     (namespace,)):
             if total <= target:
                 break
-            victims.append(name)
-            total -= size
+            if name not in keep:
+                victims.append(name)
+                total -= size
         db.executemany("DELETE FROM entries WHERE name = ?", ((name,) for name in victims))
         return victims
 
@@ -195,7 +199,7 @@ class SharedIndex:
         victims = []
         with _write(self.db) as db:
             for namespace in self.budgets:
-                victims += self._evict(db, namespace, keep="")
+                victims += self._evict(db, namespace)
         return victims
 
     # ------------------------------------------------------------------------------------------- located
