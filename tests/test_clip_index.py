@@ -9,6 +9,8 @@ of bytes read from the source, never the time.
 
 from __future__ import annotations
 
+import array
+import dataclasses
 import hashlib
 import io
 import json
@@ -729,3 +731,44 @@ def test_an_hour_of_tables_is_indexed_and_laid_out_from_the_moov(tmp_path):
     assert again.video.chunks[0] == len(header.data) + index.video.offset_of(window.first_key) - media.offset
     assert again.snap(0, None).duration == pytest.approx(window.duration, abs=0.05)
     source.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the searches from time to sample, against a look at every sample
+# ---------------------------------------------------------------------------------------------------------------
+
+def _probe_times(times: list[int]) -> list[int]:
+    """Every time a search can turn on: each sample's, one either side, and beyond both ends."""
+    return sorted({t + d for t in times for d in (-1, 0, 1)} | {min(times) - 1000, max(times) + 1000})
+
+
+@pytest.mark.parametrize("key", MP4S)
+def test_time_searches_agree_with_every_samples_times(videos, key):
+    for track in index_of(videos[key]).tracks:
+        pts = [track.pts(sample) for sample in range(track.samples)]
+        for time in _probe_times(pts):
+            for lo in (0, track.samples // 3):
+                expected = next((s for s in range(lo, track.samples) if pts[s] >= time), track.samples)
+                assert track.first_at_or_after(time, lo) == expected, (key, track.handler, time, lo)
+            if pts == sorted(pts):  # in presentation order (audio; video without B-frames)
+                expected = max((s for s in range(track.samples) if pts[s] <= time), default=-1)
+                assert track.last_at_or_before(time) == expected, (key, track.handler, time)
+
+
+def test_decode_time_search_handles_runs_of_zero_duration_and_bounds(videos):
+    track = index_of(videos["mp4"]).video
+    counts, deltas = [3, 2, 4, 1, 2], [10, 0, 5, 7, 0]
+    first, time = [0], [0]
+    for count, delta in zip(counts, deltas):
+        first.append(first[-1] + count)
+        time.append(time[-1] + count * delta)
+    track = dataclasses.replace(track, samples=first[-1], stts_counts=array.array("I", counts),
+                                stts_deltas=array.array("I", deltas), stts_first=array.array("q", first),
+                                stts_time=array.array("q", time))
+    dts = [track.dts(sample) for sample in range(track.samples)]
+    assert dts == [0, 10, 20, 30, 30, 30, 35, 40, 45, 50, 57, 57]
+    for when in range(-2, 62):
+        for lo, hi in ((0, None), (4, None), (2, 7)):
+            stop = track.samples if hi is None else hi
+            expected = next((s for s in range(lo, stop) if dts[s] >= when), stop)
+            assert track.first_decoded_at_or_after(when, lo, hi) == expected, (when, lo, hi)

@@ -223,13 +223,38 @@ class Track:
     def _media_units(self, movie_units: int) -> int:
         return movie_units * self.timescale // self.movie_timescale
 
+    def first_decoded_at_or_after(self, time: int, lo: int = 0, hi: int | None = None) -> int:
+        """The first sample in [lo, hi) whose decode time is >= time (hi: none), from the stts runs themselves:
+        decode times never decrease, and within a run they are an arithmetic progression."""
+        hi = self.samples if hi is None else hi
+        run = bisect.bisect_left(self.stts_time, time)  # the first run that starts at or after `time`
+        found = self.stts_first[run] if run < len(self.stts_first) else self.samples
+        before = min(run, len(self.stts_deltas)) - 1  # or inside the run before, which starts earlier
+        if before >= 0:
+            delta = self.stts_deltas[before]
+            if delta:
+                within = self.stts_first[before] + -(-(time - self.stts_time[before]) // delta)
+                found = min(found, within)
+        return min(max(found, lo), hi)
+
+    def _first_based_at_or_after(self, time: int, lo: int = 0, hi: int | None = None) -> int:
+        """The first sample in [lo, hi) whose presentation time before its composition offset is >= time."""
+        return self.first_decoded_at_or_after(time - self.empty_media + self.media_time, lo, hi)
+
+    def _constant_offset(self) -> int | None:
+        """The composition offset when every sample has the same one (0 without ctts), else None."""
+        if self.ctts_first is None:
+            return 0
+        return self.ctts_min if self.ctts_min == self.ctts_max else None
+
     def first_at_or_after(self, time: int, lo: int = 0) -> int:
         """The first sample at or after `lo` (decode order) whose presentation time is >= time (samples: none)."""
-        if self.ctts_first is None or self.ctts_min == self.ctts_max:
-            return bisect.bisect_left(range(self.samples), time, lo=lo, key=self.pts)
+        constant = self._constant_offset()
+        if constant is not None:
+            return self._first_based_at_or_after(time - constant, lo)
         # composition offsets differ: below `low` no sample can qualify, from `high` on every sample does
-        low = max(lo, bisect.bisect_left(range(self.samples), time - self.ctts_max, lo=lo, key=self.base))
-        high = max(low, bisect.bisect_left(range(self.samples), time - self.ctts_min, lo=lo, key=self.base))
+        low = self._first_based_at_or_after(time - self.ctts_max, lo)
+        high = max(low, self._first_based_at_or_after(time - self.ctts_min, lo))
         run = bisect.bisect_right(self.ctts_first, low) - 1
         scanned = 0
         while run < len(self.ctts_counts):
@@ -237,8 +262,7 @@ class Track:
             stop = min(self.ctts_first[run + 1], high)
             if first >= stop:
                 break
-            offset = self.ctts_offsets[run]
-            found = bisect.bisect_left(range(stop), time - offset, lo=first, key=self.base)
+            found = self._first_based_at_or_after(time - self.ctts_offsets[run], first, stop)
             if found < stop:
                 return found
             run += 1
@@ -249,6 +273,9 @@ class Track:
 
     def last_at_or_before(self, time: int) -> int:
         """The last sample whose presentation time is <= time (-1: none), for tracks in presentation order."""
+        constant = self._constant_offset()
+        if constant is not None:  # the samples shown after `time` start at the first one shown at time + 1
+            return self._first_based_at_or_after(time + 1 - constant) - 1
         return bisect.bisect_right(range(self.samples), time, key=self.pts) - 1
 
     # -------------------------------------------------------------------- bytes
@@ -306,6 +333,7 @@ class Mp4Index:
     video_end: int = 0
     approx_bytes: int = field(default=0)
     container: str = "mp4"
+    key_times: array.array | None = field(default=None, repr=False, compare=False)  # of stss, when first needed
 
     @property
     def video(self) -> Track:
@@ -341,7 +369,9 @@ class Mp4Index:
         if keys is None:
             key = max(0, video.last_at_or_before(target))
         else:
-            at = bisect.bisect_right(keys, target, key=lambda number: video.pts(number - 1)) - 1
+            if self.key_times is None:  # once per index: the keyframes' presentation times
+                self.key_times = array.array("q", (video.pts(number - 1) for number in keys))
+            at = bisect.bisect_right(self.key_times, target) - 1
             key = keys[max(at, 0)] - 1
         origin = video.pts(key)
         if video.ctts(key) < 0:
