@@ -41,8 +41,10 @@ class HotAnswer:
 
 
 class HotAnswers:
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, always: dict[str, str]) -> None:
+        """`always`: the headers every answer of the server carries (a hot answer skips the step that adds them)."""
         self.ttl = ttl
+        self.always = always
         self._answers: LRUCache = LRUCache(maxsize=_MAX_ENTRIES)
 
     def get(self, request: web.Request, target: str) -> HotAnswer | None:
@@ -66,7 +68,8 @@ class HotAnswers:
         body = response.body
         if not isinstance(body, bytes) or len(body) > _MAX_BODY:
             return
-        headers = {name: value for name, value in response.headers.items() if name != "Server-Timing"}
+        headers = {**self.always, **{name: value for name, value in response.headers.items()
+                                     if name != "Server-Timing"}}
         headers["Server-Timing"] = "cache;desc=memory"
         last_modified = response.last_modified
         answer = HotAnswer(entry, body, headers, headers.get("ETag", ""),

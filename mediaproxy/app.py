@@ -85,7 +85,9 @@ class Runtime:
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
             "flvclipper": ClipService(self.sources, self.disk, self.pool, config),
         }
-        self.answers = HotAnswers(min(1.0, config.origin.revalidate_seconds))
+        self.answers = HotAnswers(min(1.0, config.origin.revalidate_seconds),
+                                  {"Server": SERVER_HEADER, **CORS_HEADERS})
+        self._tally: asyncio.Task | None = None
         self.purges.register(self.answers, self.store, self.sources, self.results, self.services["thumbnail"],
                              self.services["flvclipper"], self.hot_originals, self.result_memory, self.decoded)
         self.notifications = NotificationEndpoints(config, self.purges, self.access)
@@ -94,6 +96,7 @@ class Runtime:
         await self.disk.start()
         await self.purges.start()
         await self.store.start()
+        self._tally = asyncio.get_running_loop().create_task(metrics.TALLY.flush_every())
 
     async def origin_reachable(self) -> bool:
         """Checked at most every few seconds (health checks come often)."""
@@ -104,6 +107,8 @@ class Runtime:
         return self._origin_ok
 
     async def close(self) -> None:
+        if self._tally is not None:
+            self._tally.cancel()
         await self.results.flush()
         await self.store.close()
         self.purges.close()
@@ -170,7 +175,7 @@ async def _hot_or_routed(runtime: Runtime, routed, request: web.Request) -> web.
         hot = runtime.answers.get(request, request.raw_path)
         if hot is not None:
             request[STARTED] = time.perf_counter()
-            metrics.child(metrics.CACHE, "memory", "hit").inc()
+            metrics.TALLY.count(metrics.child(metrics.CACHE, "memory", "hit"))
             request[SERVICE], request[ENTRY], request[TIER], request[HOT] = "thumbnail", hot.entry, "memory", True
             return hot.response(request)
     return await routed(request)
@@ -240,8 +245,9 @@ class _Request(web.Request):
     """
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        if self.get(HOT):  # a hot answer: never routed, but ours
-            await _finish_response(self, response)
+        if self.get(HOT):  # a hot answer: never routed, but ours, its headers all there (see HotAnswers)
+            metrics.TALLY.count(metrics.child(metrics.REQUESTS, "thumbnail", str(response.status)))
+            metrics.TALLY.observe(metrics.child(metrics.LATENCY, "thumbnail"), time.perf_counter() - self[STARTED])
             return
         if self._match_info is None and isinstance(response, web.Response):  # never routed: aiohttp's own answer
             _as_spec_error(response)

@@ -9,9 +9,12 @@ import os
 import shutil
 import time
 
-from mediaproxy.access import make_ks
+from prometheus_client import CollectorRegistry, Histogram
 
-from .conftest import FIXTURE_MEDIA, make_config, make_entry
+from mediaproxy.access import make_ks
+from mediaproxy.metrics import Tally
+
+from .conftest import FIXTURE_MEDIA, make_config, make_entry, metric
 
 PHOTO = FIXTURE_MEDIA / "100" / "0_photo" / "original.jpg"
 SECRET = "hot-answers-secret-200"
@@ -96,3 +99,37 @@ async def test_a_purge_drops_the_hot_answers(serve, tmp_path):
     purged = await client.post("/admin/purge?partner_id=100&entry_id=0_purged", headers={"X-Kaltura-Ks": admin})
     assert purged.status == 200, await purged.text()
     assert await (await client.get(path)).read() != before
+
+
+async def test_hot_answers_are_counted_in_the_metrics(client):
+    async def scraped() -> tuple[float, float, float, float]:
+        text = await (await client.get("/metrics")).text()
+        return (metric(text, "mediaproxy_requests_total", service="thumbnail", status="200"),
+                metric(text, "mediaproxy_requests_total", service="thumbnail", status="304"),
+                metric(text, "mediaproxy_cache_lookups_total", tier="memory", outcome="hit"),
+                metric(text, "mediaproxy_request_seconds_count", service="thumbnail"))
+
+    first = await client.get(THUMB)
+    before = await scraped()
+    for _ in range(5):
+        assert (await client.get(THUMB)).headers["Server-Timing"] == "cache;desc=memory"
+    current = await client.get(THUMB, headers={"If-None-Match": first.headers["ETag"]})
+    assert current.status == 304
+    after = await scraped()  # counted in this worker, written to the metrics before it answers /metrics
+    assert [round(b - a) for a, b in zip(before, after)] == [5, 1, 6, 6]
+
+
+def test_the_tally_puts_latencies_in_the_buckets_observe_would():
+    registry = CollectorRegistry()
+    histogram = Histogram("tallied_seconds", "", ["way"], buckets=(0.001, 0.01, 0.1), registry=registry)
+    tally = Tally()
+    values = [0.0, 0.0005, 0.001, 0.002, 0.01, 0.05, 0.1, 0.5, 7.0]
+    for value in values:
+        histogram.labels("observed").observe(value)
+        tally.observe(histogram.labels("tallied"), value)
+    tally.flush()
+    samples = {(sample.name, sample.labels.get("le")): {} for sample in next(iter(registry.collect())).samples}
+    for sample in next(iter(registry.collect())).samples:
+        samples[(sample.name, sample.labels.get("le"))][sample.labels["way"]] = sample.value
+    compared = {key: by_way for key, by_way in samples.items() if not key[0].endswith("_created")}
+    assert all(by_way["observed"] == by_way["tallied"] for by_way in compared.values()), compared
