@@ -186,3 +186,34 @@ async def test_many_jobs_within_capacity_all_run(make_pool):
     assert results == [n * n for n in range(20)]
     await until(lambda: pool.pending == 0)
     assert pool.rejected == 0
+
+
+async def test_jobs_wait_for_a_slot_without_a_thread_and_run_in_arrival_order(make_pool):
+    pool = make_pool(threads=1, queue=8)
+    gate = Gate()
+    running = await gate.occupy(pool, "first")
+    order: list[int] = []
+    queued = [asyncio.create_task(pool.run(order.append, n)) for n in range(5)]
+    await until(lambda: pool.pending == 6)
+    assert len(pool._executor._threads) == 1  # the queued jobs hold no thread (the executor starts one a job)
+    gate.release.set()
+    assert await running == "first"
+    await asyncio.gather(*queued)
+    assert order == [0, 1, 2, 3, 4]
+    await until(lambda: pool.pending == 0)
+
+
+async def test_a_job_past_the_queue_timeout_is_dropped_and_its_place_freed():
+    pool = WorkPool(1, 4, queue_timeout=0.05)
+    try:
+        gate = Gate()
+        running = await gate.occupy(pool, "long")
+        with pytest.raises(Overloaded):
+            await pool.run(lambda: "late")
+        assert pool.pending == 1 and pool.rejected == 1
+        gate.release.set()
+        assert await running == "long"
+        assert await pool.run(lambda: "next") == "next"  # the slot came back, and nobody else holds it
+        await until(lambda: pool.pending == 0)
+    finally:
+        pool.close()
