@@ -482,9 +482,11 @@ def admin_ks(partner: int, secret: str, *, type: int = 2, privileges: str = "") 
     return base64.b64encode(raw).decode().replace("+", "-").replace("/", "_")
 
 
-async def test_admin_purge_needs_an_admin_ks_of_the_partner_and_says_what_it_dropped(start, origin):
+async def test_admin_purge_needs_an_admin_ks_of_the_partner_and_says_what_it_dropped(start, origin, tmp_path):
     client = await start()
     await cached_then_changed(client, origin)
+    # the result on disk (written behind the answers, in batches): what the purge below says it dropped
+    await until(lambda: any(entry["ns"] == "results" for entry in cache_entries(tmp_path / "cache")))
     target = "/admin/purge?partner_id=100&entry_id=0_swap"
     for ks, code in ((None, "error-3"), (admin_ks(100, SECRET_A, type=0, privileges="sview:*"), "error-3"),
                      (admin_ks(200, SECRET_200), "error-32"), (admin_ks(100, "forged"), "error-7"),
