@@ -48,6 +48,7 @@ server_log = logging.getLogger("mediaproxy.server")
 RUNTIME = web.AppKey("runtime", "Runtime")
 
 SERVER_HEADER = f"mediaproxy/{__version__}"
+EVERY_ANSWER_HEADERS = {"Server": SERVER_HEADER, **CORS_HEADERS}  # as _finish_response adds them
 
 
 class Runtime:
@@ -85,8 +86,7 @@ class Runtime:
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),
             "flvclipper": ClipService(self.sources, self.disk, self.pool, config),
         }
-        self.answers = HotAnswers(min(1.0, config.origin.revalidate_seconds),
-                                  {"Server": SERVER_HEADER, **CORS_HEADERS})
+        self.answers = HotAnswers(min(1.0, config.origin.revalidate_seconds), EVERY_ANSWER_HEADERS)
         self._tally: asyncio.Task | None = None
         self.purges.register(self.answers, self.store, self.sources, self.results, self.services["thumbnail"],
                              self.services["flvclipper"], self.hot_originals, self.result_memory, self.decoded)
@@ -171,6 +171,7 @@ async def _hot_or_routed(runtime: Runtime, routed, request: web.Request) -> web.
     """The answer kept for a hot URL (answers.py) before routing, middlewares and signals (aiohttp's handler of
     the app, replaced here: those cost as much as the whole answer); everything else as routed."""
     if request.method == "GET" or request.method == "HEAD":
+        # what another worker purged is dropped here first, for every media request (one memory read if nothing)
         await runtime.purges.catch_up()
         hot = runtime.answers.get(request, request.raw_path)
         if hot is not None:
@@ -188,7 +189,6 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
     target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
-    await runtime.purges.catch_up()  # what another worker purged is dropped here too (one memory read if nothing)
     reading = urls.parse_target(target, runtime.config.defaults.partner_id)  # the KS beside the request, never in it
     parsed = reading.request
     request[SERVICE] = parsed.service
@@ -297,7 +297,7 @@ server_log.addFilter(_UnparsableRequestTracebacks())
 
 async def _finish_response(request: web.Request, response: web.StreamResponse) -> None:
     """Headers every answer carries, and the request's metrics (status final here, even for 206/304/416)."""
-    response.headers["Server"] = SERVER_HEADER
+    response.headers["Server"] = SERVER_HEADER  # over aiohttp's own
     for name, value in CORS_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.get(PRIVATE) and "Cache-Control" in response.headers:  # shown to one KS holder: no shared cache

@@ -7,6 +7,7 @@ ETag and Last-Modified (304 when the client's copy is current).
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import functools
 import hashlib
@@ -134,8 +135,8 @@ class ThumbnailService:
                    "Last-Modified": email.utils.formatdate(source.file.mtime, usegmt=True)}
         if negotiated:
             headers["Vary"] = "Accept"
-        settings = RenderSettings(quality, self.config.limits.max_source_pixels, self.config.limits.max_output_pixels,
-                                  self.animation_pixels if animates else 0)
+        settings = dataclasses.replace(self._limits, quality=quality,
+                                       animation_pixels=self.animation_pixels if animates else 0)
         return _Prepared(key, etag, headers, times, settings)
 
     async def _source(self, request: ThumbnailRequest) -> Source:
