@@ -208,18 +208,24 @@ def _size(path: Path) -> int:
 @pytest.mark.parametrize("moment", ["first-part", "first-commit", "first-result"])
 async def test_kill_9_while_writing_the_cache_never_serves_a_partial_file(tmp_path, nginx, big_media, moment):
     digests = install(big_media, nginx.root)
-    config_file = write_config(tmp_path, nginx.url, "[processing]\nthreads = 2\n")
-    cache = tmp_path / "cache"
     urls = crash_urls()
-    async with Server(config_file, tmp_path / "first.log") as first, unlimited_session() as session:
-        tasks = [asyncio.create_task(get(session, first.url + path)) for path, _, _ in urls]
-        await wait_for_moment(cache, moment, first.process)
-        first.kill()
-        answers = await asyncio.gather(*tasks, return_exceptions=True)
+    # a write in progress is a moment of a fraction of a millisecond: a kill that lands just after it finished
+    # interrupted nothing, and the server is started again on a new cache (at most a few times)
+    for attempt in range(5):
+        (tmp_path / f"try{attempt}").mkdir()
+        config_file = write_config(tmp_path / f"try{attempt}", nginx.url, "[processing]\nthreads = 2\n")
+        cache = tmp_path / f"try{attempt}" / "cache"
+        async with Server(config_file, tmp_path / f"first{attempt}.log") as first, unlimited_session() as session:
+            tasks = [asyncio.create_task(get(session, first.url + path)) for path, _, _ in urls]
+            await wait_for_moment(cache, moment, first.process)
+            first.kill()
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+        leftovers = part_files(cache)
+        if leftovers or moment == "first-result":
+            break
     killed = first.pid
 
     # on disk right after the kill: only whole entries; leftovers are the killed writer's tmp files
-    leftovers = part_files(cache)
     assert all(path.name.startswith(f"{killed}-") for path in leftovers), leftovers
     if moment in ("first-part", "first-commit"):
         assert leftovers, "the kill came after every write had finished: no write was interrupted"
