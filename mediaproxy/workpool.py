@@ -156,9 +156,11 @@ def waiting_for_io() -> Iterator[None]:
 
 def _take_back(pool: WorkPool, holding: _Holding) -> None:
     """(work thread) Wait for a slot again; at shutdown, go on without one (nobody waits for the job any more)."""
+    asked = pool._take_slot(0)
     try:
-        taken = asyncio.run_coroutine_threadsafe(pool._take_slot(0), pool._loop)
+        taken = asyncio.run_coroutine_threadsafe(asked, pool._loop)
     except RuntimeError:  # the event loop has closed
+        asked.close()
         return
     while True:
         try:
