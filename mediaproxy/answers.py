@@ -17,7 +17,7 @@ from aiohttp import web
 from cachetools import LRUCache
 
 from .refs import EntryRef, Purged
-from .responses import not_modified
+from .responses import etag_matches
 
 _MAX_ENTRIES = 20_000
 _MAX_BODY = 256 * 1024
@@ -30,12 +30,11 @@ class HotAnswer:
     body: bytes
     headers: dict[str, str]  # as the service answered, with Server-Timing saying where this one comes from
     etag: str
-    last_modified: float
     expires: float  # time.monotonic()
 
     def response(self, request: web.Request) -> web.Response:
-        conditional = "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
-        if conditional and not_modified(request, self.etag, self.last_modified):
+        # If-None-Match only: a request with If-Modified-Since is never answered from here (see HotAnswers.get)
+        if "If-None-Match" in request.headers and etag_matches(request, self.etag):
             return web.Response(status=304, headers=self.headers)
         return web.Response(body=self.body, headers=self.headers)
 
@@ -71,9 +70,7 @@ class HotAnswers:
         headers = {**self.always, **{name: value for name, value in response.headers.items()
                                      if name != "Server-Timing"}}
         headers["Server-Timing"] = "cache;desc=memory"
-        last_modified = response.last_modified
-        answer = HotAnswer(entry, body, headers, headers.get("ETag", ""),
-                           last_modified.timestamp() if last_modified else 0.0, time.monotonic() + self.ttl)
+        answer = HotAnswer(entry, body, headers, headers.get("ETag", ""), time.monotonic() + self.ttl)
         if "Accept" in headers.get("Vary", ""):
             self._answers[(target, None)] = _VARIES
             self._answers[(target, request.headers.get("Accept", ""))] = answer

@@ -31,7 +31,7 @@ from .notifications import NotificationEndpoints
 from .origins.local import LocalOrigin
 from .purge import Purges
 from .refs import entry_prefix
-from .request_keys import ENTRY, HOT, PRIVATE, SERVICE, STARTED, TIER
+from .request_keys import DIRECT, ENTRY, HOT, PRIVATE, SERVICE, STARTED, TIER
 from .responses import CORS_HEADERS, PREFLIGHT_HEADERS, error_response
 from .cache.results import ResultCache
 from .services.flvclipper import ClipService
@@ -168,8 +168,9 @@ def make_app(config: Config) -> web.Application:
 
 
 async def _hot_or_routed(runtime: Runtime, routed, request: web.Request) -> web.StreamResponse:
-    """The answer kept for a hot URL (answers.py) before routing, middlewares and signals (aiohttp's handler of
-    the app, replaced here: those cost as much as the whole answer); everything else as routed."""
+    """The answer kept for a hot URL (answers.py), and every other media GET (`/p/...`), before routing,
+    middlewares and signals (aiohttp's handler of the app, replaced here: those cost as much as the whole answer);
+    everything else as routed. A media request answered here is finished as a routed one is (_Request)."""
     if request.method == "GET" or request.method == "HEAD":
         # what another worker purged is dropped here first, for every media request (one memory read if nothing)
         await runtime.purges.catch_up()
@@ -179,6 +180,9 @@ async def _hot_or_routed(runtime: Runtime, routed, request: web.Request) -> web.
             metrics.TALLY.count(metrics.child(metrics.CACHE, "memory", "hit"))
             request[SERVICE], request[ENTRY], request[TIER], request[HOT] = "thumbnail", hot.entry, "memory", True
             return hot.response(request)
+        if request.raw_path.startswith("/p/"):
+            request[DIRECT] = True
+            return await _answered(runtime, request, _media)
     return await routed(request)
 
 
@@ -188,6 +192,11 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204, headers=PREFLIGHT_HEADERS)
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"method {request.method} is not allowed (use GET or HEAD)")
+    return await _media(runtime, request)
+
+
+async def _media(runtime: Runtime, request: web.Request) -> web.StreamResponse:
+    """A media GET or HEAD: parsed, its access checked, answered by its service."""
     target = request.raw_path if request.raw_path.startswith("/") else str(request.rel_url)
     reading = urls.parse_target(target, runtime.config.defaults.partner_id)  # the KS beside the request, never in it
     parsed = reading.request
@@ -210,16 +219,21 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    return await _answered(request.app[RUNTIME], request, lambda _, routed: handler(routed))
+
+
+async def _answered(runtime: Runtime, request: web.Request, handler) -> web.StreamResponse:
+    """`handler(runtime, request)`'s answer; any failure as its SPEC §6 answer (a status and one line, never a
+    traceback)."""
     request[STARTED] = time.perf_counter()
-    max_age = request.app[RUNTIME].config.http.error_max_age
     try:
-        return await handler(request)
+        return await handler(runtime, request)
     except MediaProxyError as error:
-        return error_response(error, max_age)
+        return error_response(error, runtime.config.http.error_max_age)
     except web.HTTPException as http_error:
         if http_error.status < 400:
             raise
-        return error_response(_as_kaltura_error(http_error), max_age)
+        return error_response(_as_kaltura_error(http_error), runtime.config.http.error_max_age)
     except (asyncio.CancelledError, ConnectionError):  # the client went away: nobody to answer
         raise
     except Exception:
@@ -248,6 +262,9 @@ class _Request(web.Request):
         if self.get(HOT):  # a hot answer: never routed, but ours, its headers all there (see HotAnswers)
             metrics.TALLY.count(metrics.child(metrics.REQUESTS, "thumbnail", str(response.status)))
             metrics.TALLY.observe(metrics.child(metrics.LATENCY, "thumbnail"), time.perf_counter() - self[STARTED])
+            return
+        if self.get(DIRECT):  # a media request answered before routing: finished as the routed ones are
+            await _finish_response(self, response)
             return
         if self._match_info is None and isinstance(response, web.Response):  # never routed: aiohttp's own answer
             _as_spec_error(response)
@@ -303,9 +320,9 @@ async def _finish_response(request: web.Request, response: web.StreamResponse) -
     if request.get(PRIVATE) and "Cache-Control" in response.headers:  # shown to one KS holder: no shared cache
         response.headers["Cache-Control"] = response.headers["Cache-Control"].replace("public", "private")
     service = request.get(SERVICE, "other")
-    metrics.child(metrics.REQUESTS, service, str(response.status)).inc()
+    metrics.TALLY.count(metrics.child(metrics.REQUESTS, service, str(response.status)))
     if STARTED in request:
-        metrics.child(metrics.LATENCY, service).observe(time.perf_counter() - request[STARTED])
+        metrics.TALLY.observe(metrics.child(metrics.LATENCY, service), time.perf_counter() - request[STARTED])
 
 
 async def _health(request: web.Request) -> web.Response:

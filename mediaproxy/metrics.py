@@ -46,9 +46,10 @@ def child(metric, *labels: str):
 
 
 class Tally:
-    """Counts and latencies of hot answers, kept in this process and added to their metrics in one go (every
-    FLUSH_SECONDS, and before this process answers /metrics): in multi-process mode every increment writes a
-    shared file under a lock, which cost a hot answer about as much as the rest of its work."""
+    """Counts and latencies of every answer and cache lookup, kept in this process and added to their metrics in
+    one go (every FLUSH_SECONDS, and before this process answers /metrics): in multi-process mode every increment
+    writes a shared file under a lock, which cost a hot answer about as much as the rest of its work. So another
+    worker's requests reach /metrics within FLUSH_SECONDS."""
 
     FLUSH_SECONDS = 0.5
 

@@ -13,3 +13,4 @@ TIER = web.RequestKey("tier", str)  # where the answer came from: memory, disk, 
 STARTED = web.RequestKey("started", float)  # time.perf_counter() when it arrived
 PRIVATE = web.RequestKey("private", bool)  # answered for one KS holder: Cache-Control private
 HOT = web.RequestKey("hot", bool)  # answered from the hot answers, before routing
+DIRECT = web.RequestKey("direct", bool)  # a media request answered before routing (its middleware and signal too)

@@ -44,10 +44,15 @@ def not_modified(request: web.Request, etag: str, last_modified: float) -> bool:
     `etag` is the quoted strong tag sent; the comparison is weak, as RFC 9110 asks for If-None-Match.
     """
     if request.if_none_match is not None:
-        bare = etag.strip('"')
-        return any(tag.value in (bare, "*") for tag in request.if_none_match)
+        return etag_matches(request, etag)
     since = request.if_modified_since
     return since is not None and int(last_modified) <= since.timestamp()
+
+
+def etag_matches(request: web.Request, etag: str) -> bool:
+    """Whether If-None-Match names `etag` (the quoted strong tag sent), or `*`: the weak comparison of RFC 9110."""
+    bare = etag.strip('"')
+    return any(tag.value in (bare, "*") for tag in request.if_none_match or ())
 
 
 def content_disposition(name: str, attachment: bool = True) -> str:

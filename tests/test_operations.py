@@ -16,6 +16,8 @@ from aiohttp import web
 from mediaproxy.app import AccessLogger, make_app
 from mediaproxy.urls import build, parse
 
+from fixtures.servers import wait_until
+
 from .conftest import FIXTURE_MEDIA, free_port, make_config, metric, until
 from .test_cli import SERVE, on_the_bundled_config
 
@@ -174,15 +176,19 @@ def test_metrics_add_up_across_workers(tmp_path):
         for _ in range(40):  # new connections: the kernel spreads them over both workers
             urllib.request.urlopen(f"http://127.0.0.1:{port}/p/100/raw/entry_id/0_photo").close()
         workers_seen = set()
-        total = 0.0
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and len(workers_seen) < 2:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as health:
                 workers_seen.add(json.loads(health.read())["worker"])
         assert len(workers_seen) == 2
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
-            total = metric(response.read().decode(), "mediaproxy_requests_total", service="raw", status="200")
-        assert total >= 41  # every worker's requests, whichever worker answered /metrics
+
+        def counted() -> float:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+                return metric(response.read().decode(), "mediaproxy_requests_total", service="raw", status="200")
+
+        # every worker's requests, whichever worker answered /metrics (another worker's within its half-second tally)
+        wait_until(lambda: counted() >= 41, 5, failure="every worker's raw requests did not reach /metrics")
+
 
 async def test_the_console_lists_a_ks_partners_entries_only_to_a_ks_that_grants_their_thumbnails(serve, tmp_path):
     from mediaproxy.access import make_ks

@@ -46,15 +46,15 @@ class ResultCache:
         """(the result, where it came from: "memory", "disk" or "render"); `owner`: its source file's owner."""
         result = self.memory.get((owner, key))
         if result is not None:
-            metrics.child(metrics.CACHE, "memory", "hit").inc()
+            metrics.TALLY.count(metrics.child(metrics.CACHE, "memory", "hit"))
             return result, "memory"
-        metrics.child(metrics.CACHE, "memory", "miss").inc()
+        metrics.TALLY.count(metrics.child(metrics.CACHE, "memory", "miss"))
         return await self._flights.run(key, lambda: self._load_or_make(key, make, owner, persist))
 
     async def _load_or_make(self, key: str, make: Callable[[], Awaitable[Result]], owner: str,
                             persist: bool) -> tuple[Result, str]:
         found = await self.disk.read("results", key)
-        metrics.CACHE.labels("disk", "miss" if found is None else "hit").inc()
+        metrics.TALLY.count(metrics.child(metrics.CACHE, "disk", "miss" if found is None else "hit"))
         if found is not None:
             meta = found.meta
             result = Result(found.body, meta.get("content_type", "application/octet-stream"), meta.get("extra", {}))

@@ -8,6 +8,7 @@ the work pool.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -48,6 +49,7 @@ def plan_for(options: ThumbnailOptions, source_size: tuple[int, int], settings: 
                           options.rel_width, options.rel_height, settings.max_output_pixels)
 
 
+@functools.lru_cache(maxsize=4096)  # asked on the event loop for every image request; sizes repeat
 def decode_scale(options: ThumbnailOptions, source: MediaInfo, settings: RenderSettings) -> int:
     """Scale on load, from the probed header alone: the JPEG scale (of decode.JPEG_SCALES) `render_image` decodes
     `source` at for these options; 1 for other formats. A decoded picture kept for other sizes is known by it."""
