@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -237,6 +238,7 @@ def run_worker(config: Config, *, reuse_port: bool, parent: int | None = None) -
     from .app import AccessLogger, make_app
 
     app = make_app(config)
+    gc.freeze()  # what the server is built of lives as long as the process: out of the collector's full sweeps
     if parent is not None:
         app.on_startup.append(lambda app: _exit_with_parent(app, parent))
     access_log = logging.getLogger("mediaproxy.access") if config.server.access_log else None

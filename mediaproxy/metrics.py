@@ -11,6 +11,7 @@ import bisect
 import collections
 import functools
 import os
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -56,6 +57,11 @@ class Tally:
     def __init__(self) -> None:
         self._counts: collections.Counter = collections.Counter()  # counter child → increments
         self._latencies: dict = {}  # histogram child → ([count per bucket], sum)
+        self._levels: dict = {}  # gauge child → what reads its level (set at every flush)
+
+    def level(self, gauge, read: Callable[[], float]) -> None:
+        """Keep `gauge` at `read()`, read at every flush (a level that changes at every job, e.g. jobs pending)."""
+        self._levels[gauge] = read
 
     def count(self, counter) -> None:
         self._counts[counter] += 1
@@ -69,6 +75,8 @@ class Tally:
         counts, self._counts = self._counts, collections.Counter()
         for counter, increments in counts.items():
             counter.inc(increments)
+        for gauge, read in self._levels.items():
+            gauge.set(read())
         latencies, self._latencies = self._latencies, {}
         for histogram, (buckets, total) in latencies.items():  # what Histogram.observe does, n at a time
             histogram._sum.inc(total)

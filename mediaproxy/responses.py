@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.utils
+import functools
 import re
 import unicodedata
 from urllib.parse import quote
@@ -32,6 +34,12 @@ def error_response(error: MediaProxyError, max_age: int = 0) -> web.Response:
         **error.headers,
     }
     return web.Response(status=error.status, text=error.message + "\n", headers=headers)
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every answer; originals' mtimes repeat
+def http_date(timestamp: float) -> str:
+    """Last-Modified's spelling of a time (`Tue, 01 Dec 2026 14:38:12 GMT`)."""
+    return email.utils.formatdate(timestamp, usegmt=True)
 
 
 def cache_control(max_age: int, *, private: bool = False) -> str:

@@ -52,7 +52,7 @@ class WorkPool:
         self._closed = False
         # jobs parked on I/O keep their threads: as many threads as admitted jobs, started when first needed
         self._executor = ThreadPoolExecutor(self.capacity, thread_name_prefix="mediaproxy-work")
-        self._gauge = metrics.child(metrics.QUEUE, name)
+        metrics.TALLY.level(metrics.child(metrics.QUEUE, name), lambda: self.pending)
 
     async def run(self, function: Callable[..., T], *args) -> T:
         if self.pending >= self.capacity:
@@ -60,7 +60,6 @@ class WorkPool:
             raise Overloaded(f"server busy: {self.pending} jobs in progress, try again shortly", retry_after=1)
         self._loop = loop = asyncio.get_running_loop()
         self.pending += 1  # counted until the job really ends, even when the requester has gone away
-        self._gauge.inc()
         try:
             await self._take_slot(self.queue_timeout)
         except BaseException:  # dropped from the queue, or its requester went away: it never runs
@@ -125,7 +124,6 @@ class WorkPool:
 
     def _ended(self) -> None:
         self.pending -= 1
-        self._gauge.dec()
 
     def _reject(self) -> None:
         self.rejected += 1

@@ -7,7 +7,6 @@ A range of a local file goes out with sendfile; a range of a remote one as its b
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from .. import ranges
 from ..errors import RangeNotSatisfiable
 from ..media.clipparts import FlvTags, part_bytes
 from ..origins.base import EntryFile
-from ..responses import not_modified
+from ..responses import http_date, not_modified
 from ..store import Store
 from ..urls import redact_ks
 
@@ -104,7 +103,7 @@ def slice_pieces(pieces: Sequence[Piece], first: int, last: int) -> list[Piece]:
 async def send(request: web.Request, store: Store, pieces: Sequence[Piece], headers: dict[str, str], *,
                etag: str, last_modified: float) -> web.StreamResponse:
     """Answer with the pieces: 304 when the client's copy is current, 206/416 for a range, else 200."""
-    headers = {**headers, "ETag": etag, "Last-Modified": email.utils.formatdate(last_modified, usegmt=True),
+    headers = {**headers, "ETag": etag, "Last-Modified": http_date(last_modified),
                "Accept-Ranges": "bytes"}
     if not_modified(request, etag, last_modified):
         return web.Response(status=304, headers=headers)

@@ -8,7 +8,6 @@ ETag and Last-Modified (304 when the client's copy is current).
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import functools
 import hashlib
 import io
@@ -35,7 +34,7 @@ from ..media.video import frame_times
 from ..options import DEFAULT_QUALITY, OutputFormat
 from ..refs import FileSelector, Purged
 from ..request_keys import TIER
-from ..responses import cache_control, not_modified, server_timing
+from ..responses import cache_control, http_date, not_modified, server_timing
 from ..urls import ThumbnailRequest
 from ..workpool import WorkPool
 from .sources import Source, Sources
@@ -132,7 +131,7 @@ class ThumbnailService:
             max_age = min(max_age, self.config.http.placeholder_max_age)
         etag = '"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
         headers = {"Cache-Control": cache_control(max_age), "ETag": etag,
-                   "Last-Modified": email.utils.formatdate(source.file.mtime, usegmt=True)}
+                   "Last-Modified": http_date(source.file.mtime)}
         if negotiated:
             headers["Vary"] = "Accept"
         settings = dataclasses.replace(self._limits, quality=quality,
