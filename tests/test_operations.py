@@ -59,6 +59,26 @@ async def test_metrics_count_requests_cache_tiers_and_latency(client):
     assert "mediaproxy_work_jobs" in after and "mediaproxy_upstream_fetch_seconds" in after
 
 
+async def test_media_answers_before_routing_are_finished_as_routed_ones_are(client):
+    """`/p/...` GETs skip aiohttp's router and middlewares (app._hot_or_routed); `/s/p/...` (a CDN's prefix) is
+    routed. The same request either way: the same status, body, SPEC §6 error form, server-wide headers, metrics."""
+    from mediaproxy.app import SERVER_HEADER
+
+    before = await (await client.get("/metrics")).text()
+    for path in ("/p/100/thumbnail/entry_id/0_photo/width/61", "/p/100/thumbnail/entry_id/0_nothing",
+                 "/p/100/thumbnail/entry_id/0_photo/width/abc"):
+        direct, routed = await client.get(path), await client.get("/s" + path)
+        assert direct.status == routed.status and await direct.read() == await routed.read()
+        for answer in (direct, routed):
+            assert answer.headers["Server"] == SERVER_HEADER
+            assert answer.headers["Access-Control-Allow-Origin"] == "*"
+            assert ("X-Kaltura" in answer.headers) == (answer.status >= 400)
+    after = await (await client.get("/metrics")).text()
+    for service, status in (("thumbnail", "200"), ("thumbnail", "404"), ("other", "400")):  # unparsed: no service
+        assert (metric(after, "mediaproxy_requests_total", service=service, status=status)
+                - metric(before, "mediaproxy_requests_total", service=service, status=status)) == 2
+
+
 async def test_metrics_count_upstream_fetches(serve, tmp_path, nginx):
     client = await serve(make_config(tmp_path, f'kind = "http"\nurl = "{nginx.url}"'))
     before = await (await client.get("/metrics")).text()
