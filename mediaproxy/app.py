@@ -260,8 +260,7 @@ class _Request(web.Request):
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         if self.get(HOT):  # a hot answer: never routed, but ours, its headers all there (see HotAnswers)
-            metrics.TALLY.count(metrics.child(metrics.REQUESTS, "thumbnail", str(response.status)))
-            metrics.TALLY.observe(metrics.child(metrics.LATENCY, "thumbnail"), time.perf_counter() - self[STARTED])
+            _count(self, response)
             return
         if self.get(DIRECT):  # a media request answered before routing: finished as the routed ones are
             await _finish_response(self, response)
@@ -319,6 +318,11 @@ async def _finish_response(request: web.Request, response: web.StreamResponse) -
         response.headers.setdefault(name, value)
     if request.get(PRIVATE) and "Cache-Control" in response.headers:  # shown to one KS holder: no shared cache
         response.headers["Cache-Control"] = response.headers["Cache-Control"].replace("public", "private")
+    _count(request, response)
+
+
+def _count(request: web.Request, response: web.StreamResponse) -> None:
+    """The request's metrics, its status final (even for 206/304/416)."""
     service = request.get(SERVICE, "other")
     metrics.TALLY.count(metrics.child(metrics.REQUESTS, service, str(response.status)))
     if STARTED in request:

@@ -153,8 +153,7 @@ class DiskCache:
     async def read(self, namespace: str, key: str) -> Blob | None:
         """The entry (read and checked on a thread), or None. A miss is found on the event loop: one stat of a
         local file, as nginx's open is, costs far less than the hand-off to a thread and back."""
-        name = _name(namespace, key)
-        if not os.path.exists(f"{self._data}/{name[:2]}/{name}"):  # _path(name), without pathlib's cost
+        if not os.path.exists(self._file(_name(namespace, key))):
             return None
         return await asyncio.to_thread(self.read_sync, namespace, key)
 
@@ -286,21 +285,20 @@ class DiskCache:
 
     def _commit(self, namespace: str, written: Sequence[tuple[str, Path, int]], owner: str | None) -> None:
         """Written tmp files (key, tmp, size) into place as the keys' entries."""
-        placed = [(self._located(namespace, key), tmp) for key, tmp, _ in written]
+        placed = [(*self._located(namespace, key), tmp, size) for key, tmp, size in written]
 
         def into_place() -> None:
-            for (_, target), tmp in placed:
+            for _, target, tmp, _ in placed:
                 try:
                     os.replace(tmp, target)
                 except FileNotFoundError:  # the first entry of its shard
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(tmp, target)
 
-        sizes = [(name, size) for ((name, _), _), (_, _, size) in zip(placed, written)]
         try:
-            victims = self.index.add(namespace, sizes, owner, into_place)
+            victims = self.index.add(namespace, [(name, size) for name, _, _, size in placed], owner, into_place)
         except BaseException:
-            for (_, target), tmp in placed:
+            for _, target, tmp, _ in placed:
                 if not tmp.exists():  # in place, but the index refused (a full disk): not a cache entry
                     _unlink(target)
             raise
@@ -435,7 +433,11 @@ class DiskCache:
         return await asyncio.get_running_loop().run_in_executor(self._io, lambda: function(*args, **kwargs))
 
     def _path(self, name: str) -> Path:
-        return self._data / name[:2] / name
+        return Path(self._file(name))
+
+    def _file(self, name: str) -> str:
+        """Where an entry's file lives, as a string (a miss is looked up on every cold request: no pathlib)."""
+        return f"{self._data}/{name[:2]}/{name}"
 
     def _located(self, namespace: str, key: str) -> tuple[str, Path]:
         """The file name of a key's entry, and where it lives."""
