@@ -195,7 +195,7 @@ async def test_jobs_wait_for_a_slot_without_a_thread_and_run_in_arrival_order(ma
     order: list[int] = []
     queued = [asyncio.create_task(pool.run(order.append, n)) for n in range(5)]
     await until(lambda: pool.pending == 6)
-    assert len(pool._executor._threads) == 1  # the queued jobs hold no thread (the executor starts one a job)
+    assert len(pool._threads) == 1  # the queued jobs hold no thread (one is started a running job)
     gate.release.set()
     assert await running == "first"
     await asyncio.gather(*queued)
