@@ -32,6 +32,7 @@ _HEX_COLOUR = re.compile(r"[0-9A-Fa-f]{1,6}\Z")
 _EXTENSION = re.compile(r"[A-Za-z0-9]{1,10}\Z")
 _THUMBNAIL_VALUE_SUFFIX = re.compile(r"\.(jpg|gif|png)\Z")
 _FALSY = frozenset({"", "0", "false", "no", "off"})
+_PARTNER_INTEGER = re.compile(r"-?[0-9]{1,18}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +373,7 @@ def _route(segments: list[str], default_partner_id: int) -> tuple[Route, int]:
 
 
 def _partner_integer(name: str, text: str) -> int:
-    if not re.fullmatch(r"-?[0-9]{1,18}", text):  # past 18 digits it is no partner of a 64-bit world
+    if not _PARTNER_INTEGER.match(text):  # past 18 digits it is no partner of a 64-bit world
         raise BadRequest(f"{name}: {unquote(text)[:40]!r} is not an integer of at most 18 digits")
     return int(text)
 
@@ -400,7 +401,7 @@ class _Params:
         self.flavor_key = flavor_key
         self.notes: list[Note] = []
         self._read: set[str] = set()
-        query_values = self._pairs(parse_qsl(query, keep_blank_values=True), "in the query string")
+        query_values = self._pairs(parse_qsl(query, keep_blank_values=True), "in the query string") if query else {}
         self.trailing = unquote(path_segments[-1]) if len(path_segments) % 2 else None
         self.trailing_used = False
         path_values = self._pairs(((unquote(path_segments[2 * index]), unquote(path_segments[2 * index + 1]))
@@ -413,6 +414,8 @@ class _Params:
         self.given = dict(values)
         if strip_suffixes:
             for key, value in values.items():
+                if "." not in value:
+                    continue
                 stripped = _THUMBNAIL_VALUE_SUFFIX.sub("", value)
                 if stripped != value:
                     self.notes.append(Note(NoteKind.READ_AS, key, f"read as {_shown(stripped)} "
@@ -443,6 +446,11 @@ class _Params:
     def get(self, key: str) -> str | None:
         self._read.add(key)
         return self.values.get(key)
+
+    def names_any(self, keys: frozenset[str]) -> bool:
+        """Whether the URL gives any of `keys`: a group of keys none of which is given reads as its defaults, with
+        no note (an absent key makes none), so the parser may skip reading them one by one."""
+        return not keys.isdisjoint(self.values)
 
     def unused(self, key: str, why: str) -> None:
         """A known key that this URL's other parameters make pointless."""
@@ -568,10 +576,11 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
     bgcolor = _bgcolor(params)
     quality = _quality(params)
     output_format, format_given = _output_format(params)
-    frames = _frames(params, width, height)
+    frames = _frames(params, width, height) if params.names_any(_FRAME_KEYS) else _NO_FRAMES
     rel_width, rel_height = _frame_side(params, "rel_width"), _frame_side(params, "rel_height")
     density = params.integer("density", 0, 0, MAX_DIMENSION)
-    options = ThumbnailOptions(width=width, height=height, mode=mode, bgcolor=bgcolor, region=_region(params),
+    region = _region(params) if params.names_any(_REGION_GROUP) else _WHOLE
+    options = ThumbnailOptions(width=width, height=height, mode=mode, bgcolor=bgcolor, region=region,
                                rel_width=rel_width, rel_height=rel_height, density=density or None,
                                strip=params.flag("strip"), format=output_format)
     return ThumbnailRequest(
@@ -671,6 +680,10 @@ class _Frames(NamedTuple):
     end_sec: float | None
 
 
+_FRAME_KEYS = frozenset({"vid_sec", "vid_slices", "vid_slice", "start_sec", "end_sec"})
+_NO_FRAMES = _Frames(None, None, None, None, None)
+
+
 def _frames(params: _Params, width: int, height: int) -> _Frames:
     """A strip (vid_slices without vid_slice) must stay within STRIP_LIMIT pixels along both sides."""
     vid_sec = params.number("vid_sec", negative="the entry's thumb_offset, else 3 s")
@@ -713,8 +726,13 @@ def _frame_side(params: _Params, key: str) -> int | None:
     return value if value > 0 else None
 
 
+_REGION_KEYS = ("src_x", "src_y", "src_w", "src_h")
+_REGION_GROUP = frozenset(_REGION_KEYS)
+_WHOLE = Region()
+
+
 def _region(params: _Params) -> Region:
-    return Region(*(params.integer(key, 0, 0, MAX_DIMENSION) for key in ("src_x", "src_y", "src_w", "src_h")))
+    return Region(*(params.integer(key, 0, 0, MAX_DIMENSION) for key in _REGION_KEYS))
 
 
 def _milliseconds(params: _Params, key: str) -> int | None:

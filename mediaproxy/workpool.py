@@ -32,7 +32,7 @@ _current = threading.local()  # the job this thread runs, and its pool (see wait
 class _Job:
     """An admitted job: what to run, who waits for its answer, and whether it holds a CPU slot."""
 
-    __slots__ = ("function", "args", "loop", "waiter", "started", "holds_slot", "timer")
+    __slots__ = ("function", "args", "loop", "waiter", "started", "holds_slot", "deadline")
 
     def __init__(self, function: Callable, args: tuple, loop: asyncio.AbstractEventLoop) -> None:
         self.function: Callable | None = function
@@ -41,7 +41,7 @@ class _Job:
         self.waiter: asyncio.Future = loop.create_future()
         self.started = False  # it got a slot: it runs to its end, and settles
         self.holds_slot = False  # now (a running job gives its slot up while it waits for I/O)
-        self.timer: asyncio.TimerHandle | None = None  # the queue timeout, while it may wait
+        self.deadline = 0.0  # (loop time) while it waits: when it is dropped
 
 
 class _Return:
@@ -67,6 +67,7 @@ class WorkPool:
         self._ready: SimpleQueue[_Job | None] = SimpleQueue()  # jobs holding a slot, for a thread
         self._idle = threading.Semaphore(0)  # threads waiting for a job
         self._threads: list[threading.Thread] = []
+        self._expiry: asyncio.TimerHandle | None = None  # one timer for the whole line: its oldest job's deadline
         self._closed = False
         metrics.TALLY.level(metrics.child(metrics.QUEUE, name), lambda: self.pending)
 
@@ -86,7 +87,9 @@ class WorkPool:
         if job.started:
             self._dispatch(job)
         elif self.queue_timeout > 0:
-            job.timer = loop.call_later(self.queue_timeout, self._expire, job)
+            job.deadline = loop.time() + self.queue_timeout
+            if self._expiry is None:
+                self._expiry = loop.call_at(job.deadline, self._expire, loop)
         try:
             return await job.waiter
         except asyncio.CancelledError:  # the requester went away: a queued job never runs; a running one computes on
@@ -103,13 +106,23 @@ class WorkPool:
                 self._waiting.remove(job)
             return True
 
-    def _expire(self, job: _Job) -> None:
-        if job.waiter.done() or not self._withdraw(job):
-            return
-        self._reject()
-        self._ended()
-        job.waiter.set_exception(Overloaded(f"server busy: no worker was free within {self.queue_timeout:g} s",
-                                            retry_after=2))
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drop the jobs that waited past their deadline (they queued in deadline order), then wait for the next."""
+        self._expiry = None
+        now = loop.time()
+        with self._lock:
+            expired = [job for job in self._waiting if isinstance(job, _Job) and job.deadline <= now]
+            for job in expired:
+                self._waiting.remove(job)
+            following = next((job.deadline for job in self._waiting if isinstance(job, _Job)), None)
+        for job in expired:
+            self._reject()
+            self._ended()
+            if not job.waiter.done():
+                job.waiter.set_exception(Overloaded(f"server busy: no worker was free within "
+                                                    f"{self.queue_timeout:g} s", retry_after=2))
+        if following is not None and not self._closed:
+            self._expiry = loop.call_at(following, self._expire, loop)
 
     def _dispatch(self, job: _Job) -> None:
         """(any thread) A job holding a slot, to an idle thread or a new one."""
@@ -158,8 +171,6 @@ class WorkPool:
         return None
 
     def _settle(self, job: _Job, outcome: tuple[bool, object]) -> None:
-        if job.timer is not None:
-            job.timer.cancel()
         self._ended()
         if job.waiter.done():
             return  # the requester went away
@@ -197,6 +208,8 @@ class WorkPool:
     def close(self) -> None:
         """(event loop) Jobs not started never will be (their requesters' waits are cancelled); running ones end."""
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for item in waiting:

@@ -217,3 +217,29 @@ async def test_a_job_past_the_queue_timeout_is_dropped_and_its_place_freed():
         await until(lambda: pool.pending == 0)
     finally:
         pool.close()
+
+
+async def test_queued_jobs_are_dropped_each_at_its_own_deadline():
+    pool = WorkPool(1, 4, queue_timeout=0.3)
+    try:
+        gate = Gate()
+        running = await gate.occupy(pool, "long")
+        loop = asyncio.get_running_loop()
+        first = asyncio.create_task(pool.run(lambda: "first"))
+        await until(lambda: pool.pending == 2)
+        await asyncio.sleep(0.15)  # the second job queues half a timeout later
+        second = asyncio.create_task(pool.run(lambda: "second"))
+        await until(lambda: pool.pending == 3)
+        with pytest.raises(Overloaded):
+            await first
+        dropped_first = loop.time()
+        assert not second.done() and pool.pending == 2  # its own deadline is still ahead
+        with pytest.raises(Overloaded):
+            await second
+        assert loop.time() - dropped_first >= 0.1
+        assert pool.rejected == 2 and pool.pending == 1
+        gate.release.set()
+        assert await running == "long"
+        await until(lambda: pool.pending == 0)
+    finally:
+        pool.close()
