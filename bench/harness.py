@@ -65,14 +65,15 @@ class Nginx(servers.Nginx):
 
 
 class BareAiohttp:
-    """bench/bare_aiohttp.py in `processes` processes sharing a port: the ceiling of any aiohttp server."""
+    """bench/bare_aiohttp.py in `processes` processes sharing a port: the ceiling of any aiohttp server; with
+    `thumbnail` (a thumbnail URL), the floor of one that renders `body` as that URL asks on every request."""
 
-    def __init__(self, body: Path, processes: int) -> None:
+    def __init__(self, body: Path, processes: int, thumbnail: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(__file__).resolve().parent / "bare_aiohttp.py"
-        self.processes = [subprocess.Popen([sys.executable, str(script), str(body), str(self.port)])
-                          for _ in range(processes)]
+        self.processes = [subprocess.Popen([sys.executable, str(script), str(body), str(self.port)]
+                                           + ([thumbnail] if thumbnail else [])) for _ in range(processes)]
 
     def __enter__(self) -> BareAiohttp:
         return self
