@@ -243,3 +243,57 @@ async def test_queued_jobs_are_dropped_each_at_its_own_deadline():
         await until(lambda: pool.pending == 0)
     finally:
         pool.close()
+
+
+async def test_jobs_parked_on_io_and_requesters_going_away_leave_the_pool_whole():
+    """Many jobs at once: some give their slot up around a blocking wait (as a remote original's block), some lose
+    their requester while queued or running; every other one gets its own answer, at most `threads` compute at
+    once, and afterwards nothing is counted, held or queued."""
+    import random
+    import time
+
+    from mediaproxy.workpool import waiting_for_io
+
+    pool = WorkPool(2, 60)
+    computing, most = 0, 0
+    lock = threading.Lock()
+
+    def job(number: int, parks: bool) -> int:
+        nonlocal computing, most
+        with lock:
+            computing += 1
+            most = max(most, computing)
+        try:
+            time.sleep(0.002)  # stands for CPU work holding the slot
+            if parks:
+                with lock:
+                    computing -= 1
+                with waiting_for_io():
+                    time.sleep(0.01)
+                with lock:
+                    computing += 1
+                    most = max(most, computing)
+            return number * number
+        finally:
+            with lock:
+                computing -= 1
+
+    try:
+        rng = random.Random(15)
+        tasks = [asyncio.create_task(pool.run(job, number, rng.random() < 0.4)) for number in range(60)]
+        leaving = [task for task in tasks if rng.random() < 0.25]
+        for index, task in enumerate(leaving):
+            if index % 2:
+                await asyncio.sleep(0.003)  # some leave at once, some after their job may have started
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for number, (task, result) in enumerate(zip(tasks, results)):
+            if task in leaving and isinstance(result, asyncio.CancelledError):
+                continue
+            assert result == number * number
+        await until(lambda: pool.pending == 0)
+        assert most <= 2
+        assert pool._free == 2 and not pool._waiting
+        assert await pool.run(pow, 3, 2) == 9
+    finally:
+        pool.close()
