@@ -252,6 +252,22 @@ async def test_discard_and_drop_owned(root):
     await cache.close()
 
 
+async def test_a_batch_of_results_of_many_originals_is_filed_under_each_one(root):
+    """The results written behind the responses go in one batch whatever originals they come from; each stays
+    filed under its own, so dropping one original's reaches only its results."""
+    cache = await started(root)
+    owners = [f"100/0_{letter}/original.jpg|v1" for letter in "abc"]
+    assert await cache.write_owned("results", [(f"thumb of {owner}", owner.encode(), {"n": index}, owner)
+                                              for index, owner in enumerate(owners)])
+    assert len(entry_files(root)) == 3 and len(index_rows(root)) == 3
+    assert await cache.drop_owned(owners[1]) == 1
+    assert await cache.read("results", f"thumb of {owners[1]}") is None
+    for index in (0, 2):
+        found = await cache.read("results", f"thumb of {owners[index]}")
+        assert found is not None and found.body == owners[index].encode() and found.meta == {"n": index}
+    await cache.close()
+
+
 # ---------------------------------------------------------------------------------------------------- budgets
 
 

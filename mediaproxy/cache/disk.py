@@ -234,17 +234,21 @@ class DiskCache:
                     owner: str | None = None) -> bool:
         """Store (key, body, meta) entries, filed under `owner` (see drop_owned and purge); False when the disk
         refused (logged; the caller carries on)."""
-        return await self._run(self._write_items, namespace, items, owner)
+        return await self.write_owned(namespace, [(key, body, meta, owner) for key, body, meta in items])
 
-    def _write_items(self, namespace: str, items, owner: str | None) -> bool:
-        written: list[tuple[str, Path, int]] = []  # (key, its tmp file, its size)
+    async def write_owned(self, namespace: str, items: list[tuple[str, bytes, dict[str, Any], str | None]]) -> bool:
+        """Store (key, body, meta, owner) entries, each filed under its own owner, in one index transaction."""
+        return await self._run(self._write_items, namespace, items)
+
+    def _write_items(self, namespace: str, items) -> bool:
+        written: list[tuple[str, str, int, str | None]] = []  # (key, its tmp file, its size, its owner)
         try:
-            for key, body, meta in items:
+            for key, body, meta, owner in items:
                 trailer = _trailer(namespace, key, body, meta)
-                written.append((key, self._write_tmp(body, trailer), len(body) + len(trailer)))
-            self._commit(namespace, written, owner)  # one index transaction for them all
+                written.append((key, self._write_tmp(body, trailer), len(body) + len(trailer), owner))
+            self._commit(namespace, written)  # one index transaction for them all
         except Exception as error:  # noqa: BLE001 - OSError, or sqlite's "database or disk is full"
-            for _, tmp, _ in written:
+            for _, tmp, _, _ in written:
                 _unlink(tmp)
             self._failed(f"writing {namespace}", error)
             return False
@@ -254,7 +258,7 @@ class DiskCache:
                          run: Callable | None = None, owner: str | None = None) -> BlobFile:
         """Let `produce(tmp_path)` write a body (e.g. a remux, run by `run` on a worker pool), then commit it with
         its trailer; a dict it returns becomes the meta. Raises OSError when the disk refuses (after logging)."""
-        tmp = self._tmp_path()
+        tmp = Path(self._tmp_path())
         try:
             await self._run(self._tmp.mkdir, parents=True, exist_ok=True)
             meta = await (asyncio.to_thread(produce, tmp) if run is None else run(produce, tmp))
@@ -277,35 +281,39 @@ class DiskCache:
                 size += len(chunk)
             trailer = _trailer_bytes(namespace, key, size, digest.hexdigest(), meta)
             file.write(trailer)
-        self._commit(namespace, [(key, tmp, size + len(trailer))], owner)
+        self._commit(namespace, [(key, str(tmp), size + len(trailer), owner)])
         _, path = self._located(namespace, key)
         stat = path.stat()
         self._verified.add((path.name, stat.st_ino, stat.st_mtime_ns, stat.st_size))
         return BlobFile(path, size, meta)
 
-    def _commit(self, namespace: str, written: Sequence[tuple[str, Path, int]], owner: str | None) -> None:
-        """Written tmp files (key, tmp, size) into place as the keys' entries."""
-        placed = [(*self._located(namespace, key), tmp, size) for key, tmp, size in written]
+    def _commit(self, namespace: str, written: Sequence[tuple[str, str, int, str | None]]) -> None:
+        """Written tmp files (key, tmp, size, owner) into place as the keys' entries."""
+        placed = []  # (name, its entry file, the tmp file, size, owner)
+        for key, tmp, size, owner in written:
+            name = _name(namespace, key)
+            placed.append((name, self._file(name), tmp, size, owner))
 
         def into_place() -> None:
-            for _, target, tmp, _ in placed:
+            for _, target, tmp, _, _ in placed:
                 try:
                     os.replace(tmp, target)
                 except FileNotFoundError:  # the first entry of its shard
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
                     os.replace(tmp, target)
 
         try:
-            victims = self.index.add(namespace, [(name, size) for name, _, _, size in placed], owner, into_place)
+            victims = self.index.add(namespace, [(name, size, owner) for name, _, _, size, owner in placed],
+                                     into_place)
         except BaseException:
-            for _, target, tmp, _ in placed:
-                if not tmp.exists():  # in place, but the index refused (a full disk): not a cache entry
+            for _, target, tmp, _, _ in placed:
+                if not os.path.exists(tmp):  # in place, but the index refused (a full disk): not a cache entry
                     _unlink(target)
             raise
         for victim in victims:
             _unlink(self._path(victim))
 
-    def _write_tmp(self, body: bytes, trailer: bytes) -> Path:
+    def _write_tmp(self, body: bytes, trailer: bytes) -> str:
         """A tmp file holding body + trailer (os calls, not a file object: a result's write is mostly their cost,
         and each call hands the GIL over and back)."""
         tmp = self._tmp_path()
@@ -324,9 +332,9 @@ class DiskCache:
         os.close(fd)
         return tmp
 
-    def _tmp_path(self) -> Path:
+    def _tmp_path(self) -> str:
         # the writer's pid first (see _writer_alive), then a token of this process and a count: unique, no syscall
-        return self._tmp / f"{os.getpid()}-{_PROCESS_TOKEN}-{next(_TMP_NUMBERS)}.part"
+        return f"{self._tmp}/{os.getpid()}-{_PROCESS_TOKEN}-{next(_TMP_NUMBERS)}.part"
 
     # ----------------------------------------------------------------------------------------------- upkeep
 
@@ -511,9 +519,9 @@ def _parse_header(raw: bytes) -> dict | None:
     return header if isinstance(header, dict) and isinstance(header.get("size"), int) else None
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: Path | str) -> None:
     try:
-        path.unlink()
+        os.unlink(path)
     except FileNotFoundError:
         pass
 

@@ -130,18 +130,19 @@ class SharedIndex:
 
     # ------------------------------------------------------------------------------------------- entries
 
-    def add(self, namespace: str, entries: Sequence[tuple[str, int]], owner: str | None,
+    def add(self, namespace: str, entries: Sequence[tuple[str, int, str | None]],
             commit_files: Callable[[], None]) -> list[str]:
-        """Record entries (name, size) whose files `commit_files()` puts in place (inside the write lock, so no
-        eviction running in another process can remove a new file under its new row), in one transaction; returns
-        the names evicted to make room, whose files the caller deletes. The new entries are never among them."""
+        """Record entries (name, size, owner) whose files `commit_files()` puts in place (inside the write lock, so
+        no eviction running in another process can remove a new file under its new row), in one transaction;
+        returns the names evicted to make room, whose files the caller deletes. The new entries are never among
+        them."""
         with _write(self.db) as db:
             commit_files()
             now = time.time()
-            db.executemany("DELETE FROM entries WHERE name = ?", ((name,) for name, _ in entries))
+            db.executemany("DELETE FROM entries WHERE name = ?", ((name,) for name, _, _ in entries))
             db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-                           ((name, namespace, size, now, owner) for name, size in entries))
-            return self._evict(db, namespace, keep={name for name, _ in entries})
+                           ((name, namespace, size, now, owner) for name, size, owner in entries))
+            return self._evict(db, namespace, keep={name for name, _, _ in entries})
 
     def _evict(self, db: sqlite3.Connection, namespace: str, keep: Set[str] = frozenset()) -> list[str]:
         budget = self.budgets.get(namespace)

@@ -74,11 +74,8 @@ class ResultCache:
             while self._unwritten:
                 await asyncio.sleep(_GATHER_SECONDS)
                 batch, self._unwritten = self._unwritten, []
-                by_owner: dict[str, list[tuple[str, bytes, dict]]] = {}
-                for owner, item in batch:
-                    by_owner.setdefault(owner, []).append(item)
-                for owner, items in by_owner.items():  # a full disk: logged there; the results stay in memory
-                    await self.disk.write("results", items, owner=owner)
+                # one transaction whatever the originals (a full disk: logged there; the results stay in memory)
+                await self.disk.write_owned("results", [(*item, owner) for owner, item in batch])
         finally:
             self._writer = None
 
