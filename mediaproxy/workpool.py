@@ -141,7 +141,6 @@ class WorkPool:
         while (job := self._ready.get()) is not None:
             while job is not None:
                 job = self._compute(job)
-            self._idle.release()
 
     def _compute(self, job: _Job) -> _Job | None:
         _current.pool, _current.job = self, job
@@ -152,22 +151,32 @@ class WorkPool:
         finally:
             _current.pool = _current.job = None
         job.function = job.args = None  # nothing keeps the inputs (an original's bytes) alive past the job
-        following = self._pass_slot() if job.holds_slot else None
+        if job.holds_slot:
+            following = self._pass_slot(going_idle=True)
+        else:  # it ended without its slot (shutdown while it waited for I/O)
+            following = None
+            self._idle.release()
         _call_soon(job.loop, self._settle, job, outcome)
         return following
 
-    def _pass_slot(self) -> _Job | None:
+    def _pass_slot(self, *, going_idle: bool) -> _Job | None:
         """(any thread) A slot given up: to the job that waited longest, which is returned for the caller to run;
-        or to a job back from I/O (None: it goes on in its own thread); or free."""
+        or to a job back from I/O (None: it goes on in its own thread); or free. `going_idle`: the calling thread
+        waits for a job if it gets none, and is counted idle before the slot shows free (else a job taking the
+        slot at that moment would start a thread of its own)."""
         with self._lock:
             if not self._waiting:
                 self._free += 1
+                if going_idle:
+                    self._idle.release()
                 return None
             taker = self._waiting.popleft()
             if isinstance(taker, _Job):
                 taker.started = taker.holds_slot = True
                 return taker
         taker.granted.set()
+        if going_idle:
+            self._idle.release()
         return None
 
     def _settle(self, job: _Job, outcome: tuple[bool, object]) -> None:
@@ -239,7 +248,7 @@ def waiting_for_io() -> Iterator[None]:
         yield
         return
     job.holds_slot = False
-    following = pool._pass_slot()
+    following = pool._pass_slot(going_idle=False)
     if following is not None:
         pool._dispatch(following)
     try:

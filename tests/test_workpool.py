@@ -188,6 +188,14 @@ async def test_many_jobs_within_capacity_all_run(make_pool):
     assert pool.rejected == 0
 
 
+async def test_jobs_that_never_wait_for_io_need_no_more_threads_than_slots(make_pool):
+    pool = make_pool(threads=1, queue=100)
+    for _ in range(5):  # bursts, with the pool going idle between them
+        assert await asyncio.gather(*(pool.run(pow, n, 2) for n in range(40))) == [n * n for n in range(40)]
+        await until(lambda: pool.pending == 0)
+    assert len(pool._threads) == 1
+
+
 async def test_jobs_wait_for_a_slot_without_a_thread_and_run_in_arrival_order(make_pool):
     pool = make_pool(threads=1, queue=8)
     gate = Gate()
