@@ -48,6 +48,9 @@ def soak(workdir: Path, seconds: float) -> list[Row]:
     with Nginx(workdir / "nginx", origin) as nginx, Mediaproxy(
             workdir / "mediaproxy", origin=f'kind = "http"\nurl = "{nginx.url}"', extra=extra,
             workers=CORES) as server:
+        # every worker listening before wrk opens its connections: it keeps them for the whole run, so a worker that
+        # was still starting would get none (and the samples would show it idle)
+        server.wait_up(60)
         wait_for(f"{server.url}/healthz")
         conditional = "/p/100/sp/10000/thumbnail/entry_id/0_p0/width/300"
         with urllib.request.urlopen(server.url + conditional) as response:
