@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import NamedTuple
 from urllib.parse import parse_qsl, quote, unquote
 
-from .errors import BadRequest, MediaProxyError, NotFound
+from .errors import BadRequest, NotFound
 from .options import MAX_DIMENSION, STRIP_LIMIT, OutputFormat, Region, ResizeMode, ThumbnailOptions
 from .refs import ID_PATTERN, EntryRef, FileSelector
 
