@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -447,10 +448,10 @@ class _Params:
         self._read.add(key)
         return self.values.get(key)
 
-    def names_any(self, keys: frozenset[str]) -> bool:
+    def names_any(self, keys: Iterable[str]) -> bool:
         """Whether the URL gives any of `keys`: a group of keys none of which is given reads as its defaults, with
         no note (an absent key makes none), so the parser may skip reading them one by one."""
-        return not keys.isdisjoint(self.values)
+        return not self.values.keys().isdisjoint(keys)
 
     def unused(self, key: str, why: str) -> None:
         """A known key that this URL's other parameters make pointless."""
@@ -579,7 +580,7 @@ def _thumbnail(partner_id: int, params: _Params) -> ThumbnailRequest:
     frames = _frames(params, width, height) if params.names_any(_FRAME_KEYS) else _NO_FRAMES
     rel_width, rel_height = _frame_side(params, "rel_width"), _frame_side(params, "rel_height")
     density = params.integer("density", 0, 0, MAX_DIMENSION)
-    region = _region(params) if params.names_any(_REGION_GROUP) else _WHOLE
+    region = _region(params) if params.names_any(_REGION_KEYS) else _WHOLE
     options = ThumbnailOptions(width=width, height=height, mode=mode, bgcolor=bgcolor, region=region,
                                rel_width=rel_width, rel_height=rel_height, density=density or None,
                                strip=params.flag("strip"), format=output_format)
@@ -680,7 +681,7 @@ class _Frames(NamedTuple):
     end_sec: float | None
 
 
-_FRAME_KEYS = frozenset({"vid_sec", "vid_slices", "vid_slice", "start_sec", "end_sec"})
+_FRAME_KEYS = ("vid_sec", "vid_slices", "vid_slice", "start_sec", "end_sec")
 _NO_FRAMES = _Frames(None, None, None, None, None)
 
 
@@ -727,7 +728,6 @@ def _frame_side(params: _Params, key: str) -> int | None:
 
 
 _REGION_KEYS = ("src_x", "src_y", "src_w", "src_h")
-_REGION_GROUP = frozenset(_REGION_KEYS)
 _WHOLE = Region()
 
 

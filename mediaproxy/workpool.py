@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from queue import Empty, SimpleQueue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from queue import Empty, SimpleQueue
 from typing import TypeVar
 
 from . import metrics

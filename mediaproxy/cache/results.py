@@ -38,7 +38,7 @@ class ResultCache:
         self.memory = memory
         self.disk = disk
         self._flights: SingleFlight[tuple[Result, str]] = SingleFlight()
-        self._unwritten: list[tuple[str, tuple[str, bytes, dict]]] = []  # (owner, disk item)
+        self._unwritten: list[tuple[str, bytes, dict, str]] = []  # (key, body, meta, owner): disk items
         self._writer: asyncio.Task | None = None
 
     async def get(self, key: str, make: Callable[[], Awaitable[Result]], *, owner: str,
@@ -63,8 +63,8 @@ class ResultCache:
         result = await make()
         self.memory.put((owner, key), result)
         if persist and len(self._unwritten) < _MAX_UNWRITTEN:  # written behind the response, in batches
-            item = (key, result.body, {"content_type": result.content_type, "extra": result.meta})
-            self._unwritten.append((owner, item))
+            self._unwritten.append((key, result.body, {"content_type": result.content_type, "extra": result.meta},
+                                    owner))
             if self._writer is None:
                 self._writer = asyncio.create_task(self._write_behind())
         return result, "render"
@@ -75,13 +75,13 @@ class ResultCache:
                 await asyncio.sleep(_GATHER_SECONDS)
                 batch, self._unwritten = self._unwritten, []
                 # one transaction whatever the originals (a full disk: logged there; the results stay in memory)
-                await self.disk.write_owned("results", [(*item, owner) for owner, item in batch])
+                await self.disk.write_owned("results", batch)
         finally:
             self._writer = None
 
     def forget_purged(self, purged: Purged) -> None:
         """Drop the results of purged entries not yet written to disk (those in memory go with the memory cache)."""
-        self._unwritten = [(owner, item) for owner, item in self._unwritten if not purged.owns(owner)]
+        self._unwritten = [item for item in self._unwritten if not purged.owns(item[3])]
 
     async def flush(self) -> None:
         """Wait for results still being written (at shutdown)."""
