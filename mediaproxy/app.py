@@ -212,7 +212,7 @@ async def _media(runtime: Runtime, request: web.Request) -> web.StreamResponse:
             response = await runtime.services[parsed.service].handle(parsed, request)
     except TimeoutError:
         raise ProcessingTimeout(f"the answer took longer than {limit:g} s") from None
-    if parsed.service == "thumbnail":
+    if parsed.service == "thumbnail" and request.get(TIER) != "render":  # a URL asked again (see HotAnswers)
         runtime.answers.remember(request, target, parsed.entry, response, shared=not grant.private)
     return response
 

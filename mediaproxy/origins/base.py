@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -52,7 +53,7 @@ class EntryFile:
     def extension(self) -> str:
         return self.file_name.rpartition(".")[2].lower() if "." in self.file_name else ""
 
-    @property
+    @functools.cached_property  # asked several times a request
     def owner(self) -> str:
         """What everything cached from this file is filed under (dropped together when it changes)."""
         return f"{self.ref.prefix}{self.file_name}|{self.identity}"

@@ -7,7 +7,6 @@ ETag and Last-Modified (304 when the client's copy is current).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import io
@@ -65,18 +64,28 @@ class ThumbnailService:
             request = request.in_format(self._negotiate(request, source, http_request.headers.get("Accept", "")))
         memo = (request, negotiated, source.file.identity, source.file.manifest.thumb_offset)
         prepared = self._prepared.get(memo)
-        if prepared is None:  # what hot requests would recompute every time: the key, times, validators
-            prepared = self._prepared[memo] = await self._prepare(request, source, negotiated)
-            self._prepared_keys.added(memo)
+        known = prepared is not None
+        if not known:  # what repeated requests would recompute every time: the key, times, validators
+            prepared = await self._prepare(request, source, negotiated)
         origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.file.mtime):
+            self._keep_prepared(memo, prepared, known)
             return web.Response(status=304, headers=prepared.headers)
         result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared),
                                               owner=source.file.owner)
         http_request[TIER] = tier
+        if tier != "render":
+            self._keep_prepared(memo, prepared, known)
         timings = {"origin": origin_ms, **(result.meta.get("timings", {}) if tier == "render" else {})}
         return web.Response(body=result.body, content_type=result.content_type,
                             headers={**prepared.headers, "Server-Timing": server_timing(timings, tier)})
+
+    def _keep_prepared(self, memo: tuple, prepared: _Prepared, known: bool) -> None:
+        """Kept for a request that is asked again (its result was there, or the client had it): most thumbnail URLs
+        behind a CDN are asked once, and keeping theirs would cost more than it ever saves."""
+        if not known:
+            self._prepared[memo] = prepared
+            self._prepared_keys.added(memo)
 
     def _negotiates(self, request: ThumbnailRequest) -> bool:
         """format/auto, or no format at all where the partner (or [http]) has auto_format on."""
@@ -134,8 +143,8 @@ class ThumbnailService:
                    "Last-Modified": http_date(source.file.mtime)}
         if negotiated:
             headers["Vary"] = "Accept"
-        settings = dataclasses.replace(self._limits, quality=quality,
-                                       animation_pixels=self.animation_pixels if animates else 0)
+        settings = RenderSettings(quality, self._limits.max_source_pixels, self._limits.max_output_pixels,
+                                  self.animation_pixels if animates else 0)
         return _Prepared(key, etag, headers, times, settings)
 
     async def _source(self, request: ThumbnailRequest) -> Source:
@@ -158,7 +167,7 @@ class ThumbnailService:
         more detail than kept is decoded at full scale (or the finest that may be kept), so that every later size
         of it derives from that one decode, whatever order the sizes come in."""
         options = request.options
-        if settings.animation_pixels:  # every frame, from the original
+        if settings.animation_pixels or not self.decoded.item_limit:  # every frame, or nothing may be kept
             return await self.pool.run(render_image, options, await self.sources.read_bytes(source.file), settings)
         identity = source.file.owner  # the file and its identity: a purge of its entry drops them
         needed = decode_scale(options, source.media, settings)

@@ -77,7 +77,7 @@ class Store:
             raise EntryNotFound(f"no entry {ref.entry_id} for partner {ref.partner_id} ({withheld})")
         if selector.version is not None:
             # a version is mostly a cache-buster: only one the manifest lists selects another file
-            current = await self.get(ref, dataclasses.replace(selector, version=None))
+            current = await self.get(ref, FileSelector(selector.flavor_id, None, selector.extension))
             if selector.version not in current.manifest.versions:
                 return current
         key = (ref, selector)
