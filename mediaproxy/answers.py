@@ -5,9 +5,9 @@ the timer, and is answered from one lookup.
 Only what may be shared is kept: a 200 of the thumbnail service that needed no KS (an answer that needed one is
 private and never kept, so a request without it still meets the access check), and only for a URL asked again
 (its result already rendered, app.py): most URLs behind a CDN are asked once, and keeping theirs costs every cold
-request a copy of its headers for nothing. An answer that varies on Accept
-(`format/auto`) is kept per Accept string. Entries live at most `ttl` seconds (a second, and never longer than
-`revalidate_seconds`: a changed original is not noticed later than without them), and all go at a purge.
+request a copy of its headers for nothing. An answer that varies on Accept (`format/auto`) is kept per Accept
+string. Entries live at most `ttl` seconds (a second, and never longer than `revalidate_seconds`: a changed
+original is not noticed later than without them), and all go at a purge.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ def error_response(error: MediaProxyError, max_age: int = 0) -> web.Response:
 
 
 @functools.lru_cache(maxsize=4096)  # asked for every answer; originals' mtimes repeat
-@functools.lru_cache(maxsize=4096)  # an answer's Last-Modified is its original's: a few times make most answers
 def http_date(timestamp: float) -> str:
     """Last-Modified's spelling of a time (`Tue, 01 Dec 2026 14:38:12 GMT`)."""
     return email.utils.formatdate(timestamp, usegmt=True)

@@ -69,23 +69,23 @@ class ThumbnailService:
             prepared = await self._prepare(request, source, negotiated)
         origin_ms = (time.perf_counter() - started) * 1000
         if not_modified(http_request, prepared.etag, source.file.mtime):
-            self._keep_prepared(memo, prepared, known)
+            if not known:
+                self._keep_prepared(memo, prepared)
             return web.Response(status=304, headers=prepared.headers)
         result, tier = await self.results.get(prepared.key, lambda: self._render(request, source, prepared),
                                               owner=source.file.owner)
         http_request[TIER] = tier
-        if tier != "render":
-            self._keep_prepared(memo, prepared, known)
+        if not known and tier != "render":
+            self._keep_prepared(memo, prepared)
         timings = {"origin": origin_ms, **(result.meta.get("timings", {}) if tier == "render" else {})}
         return web.Response(body=result.body, content_type=result.content_type,
                             headers={**prepared.headers, "Server-Timing": server_timing(timings, tier)})
 
-    def _keep_prepared(self, memo: tuple, prepared: _Prepared, known: bool) -> None:
-        """Kept for a request that is asked again (its result was there, or the client had it): most thumbnail URLs
-        behind a CDN are asked once, and keeping theirs would cost more than it ever saves."""
-        if not known:
-            self._prepared[memo] = prepared
-            self._prepared_keys.added(memo)
+    def _keep_prepared(self, memo: tuple, prepared: _Prepared) -> None:
+        """For a request asked again (its result was there, or the client had it): most thumbnail URLs behind a
+        CDN are asked once, and keeping theirs would cost more than it ever saves."""
+        self._prepared[memo] = prepared
+        self._prepared_keys.added(memo)
 
     def _negotiates(self, request: ThumbnailRequest) -> bool:
         """format/auto, or no format at all where the partner (or [http]) has auto_format on."""
