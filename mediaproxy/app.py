@@ -80,7 +80,7 @@ class Runtime:
         self.store.withheld = self.purges.withheld
         self.access = AccessPolicy(config)
         self.sources = Sources(self.store, self.pool, config.limits.max_source_pixels)
-        self.results = ResultCache(self.result_memory, self.disk)
+        self.results = ResultCache(self.result_memory, self.disk, min_uses=cache.results_min_uses)
         self.services = {
             "raw": RawService(self.sources, config),
             "thumbnail": ThumbnailService(self.sources, self.results, self.pool, config, self.decoded),

@@ -65,6 +65,9 @@ class CacheConfig:
     dir: Path = Path(".cache")
     originals_bytes: int = 10_000_000_000  # blocks of http originals
     results_bytes: int = 2_000_000_000  # rendered thumbnails, remuxed clips
+    # 2: a rendered thumbnail is written to disk at its second use in a worker, 1: at its render (most thumbnail URLs
+    # behind a CDN are asked once, and their disk write would cost each of them CPU for nothing)
+    results_min_uses: int = 2
     index_bytes: int = 200_000_000  # built clip indexes
     results_memory_bytes: int = 192_000_000  # rendered thumbnails kept in each worker's memory
     originals_memory_bytes: int = 64_000_000  # hot small originals (images to decode) kept in each worker's memory
@@ -375,6 +378,9 @@ def _check(config: Config) -> None:
                  "decoded_bytes", "clip_index_memory_bytes"):
         if getattr(config.cache, name) < 0:
             raise ConfigError(f"[cache] {name} must be 0 or more")
+    if config.cache.results_min_uses not in (1, 2):
+        raise ConfigError("[cache] results_min_uses must be 1 (every render is written to disk) or 2 (at its "
+                          "second use)")
     notifications = config.notifications
     if not notifications.path.startswith("/") or notifications.path.startswith(_RESERVED_PATHS) or any(
             char in notifications.path for char in "?#% "):

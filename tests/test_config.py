@@ -54,6 +54,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ("[origin]\nroot = 'media'\n[partners.200]\nadmin_secrets = ['s']\nks_required_for = ['rwa']\n",
      "unknown service 'rwa'"),
     ("[origin]\nroot = 'media'\n[partners.abc]\n", "partner id must be an integer"),
+    ("[origin]\nroot = 'media'\n[cache]\nresults_min_uses = 0\n", "results_min_uses must be 1"),
+    ("[origin]\nroot = 'media'\n[cache]\nresults_min_uses = 3\n", "results_min_uses must be 1"),
     ("[origin\n", "not valid TOML"),
 ])
 def test_bad_configs_are_one_clear_line(tmp_path, text, message):

@@ -20,7 +20,7 @@ from PIL import Image, ImageCms
 from fixtures.generate import alpha_png, colour_for_second, photo_like_image, photo_like_jpeg
 from mediaproxy.app import RUNTIME, make_app
 
-from .conftest import FIXTURE_MEDIA, make_config, make_entry, send_raw, until, url_forms
+from .conftest import FIXTURE_MEDIA, cache_entries, make_config, make_entry, send_raw, until, url_forms
 
 PHOTO = FIXTURE_MEDIA / "100" / "0_photo" / "original.jpg"  # 1280×853, red marker top-left
 THUMB = "/p/100/sp/10000/thumbnail"
@@ -810,6 +810,7 @@ async def test_results_survive_a_restart_through_the_disk_cache(aiohttp_client, 
     first = await aiohttp_client(first_app)
     path = f"{THUMB}/entry_id/0_photo/width/500/format/webp"
     body = await (await first.get(path)).read()
+    assert await (await first.get(path)).read() == body  # asked again ([cache] results_min_uses = 2): from memory
     assert first_renders == ["render_image"]
     assert await cached_result_files(config.cache.dir, body), "the rendered bytes never reached the disk cache"
     second_app = make_app(config)  # a new process: empty memory, same cache folder
@@ -822,8 +823,51 @@ async def test_results_survive_a_restart_through_the_disk_cache(aiohttp_client, 
     assert second_renders == []
 
 
+@pytest.mark.parametrize("min_uses", [1, 2])
+async def test_a_result_is_written_to_disk_at_its_render_or_at_its_second_use(aiohttp_client, tmp_path, min_uses):
+    config = make_config(tmp_path, extra=f"results_min_uses = {min_uses}")
+    app = make_app(config)
+    renders = count_renders(app)
+    client = await aiohttp_client(app)
+    path = f"{THUMB}/entry_id/0_photo/width/260/format/png"
+    response = await client.get(path)
+    body = await response.read()
+    assert response.headers["Server-Timing"].endswith("cache;desc=render")
+    await app[RUNTIME].results.flush()
+    if min_uses == 2:  # behind the response there was nothing to write
+        assert not cache_entries(config.cache.dir)
+        response = await client.get(path)
+        assert await response.read() == body
+        assert response.headers["Server-Timing"].endswith("cache;desc=memory")
+    assert renders == ["render_image"]
+    [stored] = await cached_result_files(config.cache.dir, body)
+    assert stored.stat().st_size > len(body)  # the body, then its trailer
+    for _ in range(3):  # written once, whatever the uses after
+        await client.get(path)
+    await app[RUNTIME].results.flush()
+    assert len(cache_entries(config.cache.dir)) == 1
+
+
+async def test_a_result_asked_once_leaves_nothing_on_disk_and_renders_again_after_a_restart(aiohttp_client,
+                                                                                          tmp_path):
+    config = make_config(tmp_path)  # the default: [cache] results_min_uses = 2
+    first_app = make_app(config)
+    first = await aiohttp_client(first_app)
+    path = f"{THUMB}/entry_id/0_photo/width/250"
+    body = await (await first.get(path)).read()
+    await first_app[RUNTIME].results.flush()
+    assert not cache_entries(config.cache.dir)
+    second_app = make_app(config)
+    renders = count_renders(second_app)
+    second = await aiohttp_client(second_app)
+    assert await (await second.get(path)).read() == body
+    assert renders == ["render_image"]  # counted afresh in this process: its second use writes it
+    assert await (await second.get(path)).read() == body
+    assert await cached_result_files(config.cache.dir, body)
+
+
 async def test_a_damaged_result_on_disk_is_not_served(aiohttp_client, tmp_path):
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, extra="results_min_uses = 1")  # written at its render
     first = await aiohttp_client(make_app(config))
     path = f"{THUMB}/entry_id/0_photo/width/300/format/png"
     body = await (await first.get(path)).read()

@@ -2,6 +2,11 @@
 
 Every result is filed under the owner of the file it was made from (`EntryFile.owner`), in memory and on disk,
 so dropping an original that changed (`DiskCache.drop_owned`) or a purged entry reaches its results too.
+
+With `[cache] results_min_uses = 2` (the default; nginx's `proxy_cache_min_uses`, a CDN's cache-on-second-hit) a
+result goes to disk at its second use in its worker, not at its render: behind a CDN most thumbnail URLs are asked
+once, and writing those would cost every request a file and an index row that nobody reads. Until then it lives in
+memory, which answers the second request (and writes it). 1: every render is written.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ _MAX_UNWRITTEN = 2000  # results waiting for the disk; past that (a stalled disk
 # How long the writer gathers results before writing them, in one index transaction: a write a result costs more
 # CPU than the response (files, the index's pages, the threads' hand-offs), and a batch's cost is nearly one write's.
 _GATHER_SECONDS = 0.1
+_REMEMBERED_KEYS = 50_000  # keys rendered once, per generation (two are kept: ~8 MB)
 
 
 @dataclass(frozen=True)
@@ -34,9 +40,10 @@ class Result:
 
 
 class ResultCache:
-    def __init__(self, memory: MemoryCache, disk: DiskCache) -> None:
+    def __init__(self, memory: MemoryCache, disk: DiskCache, *, min_uses: int = 1) -> None:
         self.memory = memory
         self.disk = disk
+        self._rendered_once = SeenOnce() if min_uses == 2 else None  # None: every render is written
         self._flights: SingleFlight[tuple[Result, str]] = SingleFlight()
         self._unwritten: list[tuple[str, bytes, dict, str]] = []  # (key, body, meta, owner): disk items
         self._writer: asyncio.Task | None = None
@@ -47,6 +54,8 @@ class ResultCache:
         result = self.memory.get((owner, key))
         if result is not None:
             metrics.TALLY.count(metrics.child(metrics.CACHE, "memory", "hit"))
+            if persist and self._rendered_once is not None and self._rendered_once.taken(key):  # its second use
+                self._write_later(key, result, owner)
             return result, "memory"
         metrics.TALLY.count(metrics.child(metrics.CACHE, "memory", "miss"))
         return await self._flights.run(key, lambda: self._load_or_make(key, make, owner, persist))
@@ -62,12 +71,20 @@ class ResultCache:
             return result, "disk"
         result = await make()
         self.memory.put((owner, key), result)
-        if persist and len(self._unwritten) < _MAX_UNWRITTEN:  # written behind the response, in batches
+        if persist:
+            if self._rendered_once is None or self._rendered_once.taken(key):  # rendered before, and gone from memory
+                self._write_later(key, result, owner)
+            else:
+                self._rendered_once.seen(key)
+        return result, "render"
+
+    def _write_later(self, key: str, result: Result, owner: str) -> None:
+        """Behind the response, in batches (past _MAX_UNWRITTEN, a stalled disk: in memory only)."""
+        if len(self._unwritten) < _MAX_UNWRITTEN:
             self._unwritten.append((key, result.body, {"content_type": result.content_type, "extra": result.meta},
                                     owner))
             if self._writer is None:
                 self._writer = asyncio.create_task(self._write_behind())
-        return result, "render"
 
     async def _write_behind(self) -> None:
         try:
@@ -87,3 +104,30 @@ class ResultCache:
         """Wait for results still being written (at shutdown)."""
         while self._writer is not None:
             await asyncio.shield(self._writer)
+
+
+class SeenOnce:
+    """Keys rendered once and not written yet, by their hash (a collision only writes a result early), in two
+    generations of `_REMEMBERED_KEYS`: a key rendered long ago and never asked again is forgotten, in constant time
+    and memory."""
+
+    def __init__(self) -> None:
+        self._current: set[int] = set()
+        self._previous: set[int] = set()
+
+    def seen(self, key: str) -> None:
+        if len(self._current) >= _REMEMBERED_KEYS:
+            self._previous, self._current = self._current, set()
+        self._current.add(hash(key))
+
+    def taken(self, key: str) -> bool:
+        """Whether `key` was seen (and is forgotten now)."""
+        digest = hash(key)
+        if digest in self._current:
+            self._current.discard(digest)
+            self._previous.discard(digest)
+            return True
+        if digest in self._previous:
+            self._previous.discard(digest)
+            return True
+        return False
