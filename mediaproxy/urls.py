@@ -210,9 +210,20 @@ _THUMBNAIL_KEY_PARTS = ("entry", "width", "height", "mode", "bgcolor", "region",
                         "flavor_id")
 
 
-@functools.lru_cache(maxsize=16384)
 def _thumbnail_key(request: ThumbnailRequest) -> str:
-    return "thumbnail|" + "|".join(f"{name}={getattr(request, name)!r}" for name in _THUMBNAIL_KEY_PARTS)
+    """`"thumbnail|" + "|".join(f"{name}={getattr(request, name)!r}" for name in _THUMBNAIL_KEY_PARTS)`, spelt out
+    (every cold request builds one; tests/test_urls.py checks the two agree), the reprs of the dataclasses and
+    enums in it remembered."""
+    options = request.options
+    return (f"thumbnail|entry={_repr(request.entry)}|width={options.width!r}|height={options.height!r}"
+            f"|mode={_repr(options.mode)}|bgcolor={options.bgcolor!r}|region={_repr(options.region)}"
+            f"|rel_width={options.rel_width!r}|rel_height={options.rel_height!r}|vid_sec={request.vid_sec!r}"
+            f"|vid_slices={request.vid_slices!r}|vid_slice={request.vid_slice!r}|start_sec={request.start_sec!r}"
+            f"|end_sec={request.end_sec!r}|density={options.density!r}|strip={options.strip!r}"
+            f"|format={_repr(options.format)}|version={request.version!r}|flavor_id={request.flavor_id!r}")
+
+
+_repr = functools.lru_cache(maxsize=4096)(repr)
 
 
 def parse(target: str, default_partner_id: int) -> ServiceRequest:
@@ -296,6 +307,50 @@ def route(target: str, default_partner_id: int) -> Route:
 
 @functools.lru_cache(maxsize=16384)  # hot URLs repeat: their (immutable, KS-free) reading is remembered
 def _parse_without_ks(target: str, default_partner_id: int) -> Parsed:
+    return _plain_thumbnail(target) or _parse_general(target, default_partner_id)
+
+
+# The shape most thumbnail URLs have: /p/P[/sp/S]/thumbnail/ then plain key/value pairs, no query string
+_PLAIN_THUMBNAIL = re.compile(r"/p/([0-9]{1,18})(?:/sp/[0-9]{1,18})?/thumbnail((?:/[a-z_]+/[A-Za-z0-9_]{1,64})+)/?\Z")
+_PLAIN_KEYS = frozenset({"entry_id", "width", "height", "type", "quality", "version"})
+
+
+def _plain_thumbnail(target: str) -> Parsed | None:
+    """The reading of a target of the commonest shape, without the general reader's machinery (every cold request
+    pays for the parse): entry_id, then width and/or height, type 1–5, quality 1–100 and version as plain digits in
+    range, each key once. None for anything else, which the general reading reads; where this answers, it answers
+    exactly what that would (tests/test_urls.py checks it on generated URLs)."""
+    match = _PLAIN_THUMBNAIL.match(target)
+    if match is None:
+        return None
+    pairs = match.group(2).split("/")
+    values = dict(zip(pairs[1::2], pairs[2::2]))
+    if len(values) * 2 + 1 != len(pairs) or not values.keys() <= _PLAIN_KEYS or "entry_id" not in values:
+        return None
+    numbers = {}
+    for key, high in (("width", MAX_DIMENSION), ("height", MAX_DIMENSION), ("type", 5), ("quality", 100),
+                      ("version", MAX_VERSION)):
+        text = values.get(key)
+        if text is not None:
+            if not text.isdigit() or len(text) > 8 or not (key == "version" or 0 < int(text)) or int(text) > high:
+                return None  # a value the general reading notes (read as, clamped, defaulted) or refuses
+            numbers[key] = int(text)
+    width, height = numbers.get("width"), numbers.get("height")
+    if width is None and height is None:
+        return None
+    mode = ResizeMode(numbers.get("type", 1))
+    notes = ()
+    if width is None or height is None:  # as _box notes it
+        follows = ("equals the other side (a square)" if mode in (ResizeMode.CROP_CENTER, ResizeMode.CROP_TOP)
+                   else "follows the source's aspect ratio")
+        notes = (Note(NoteKind.DEFAULT, "width" if width is None else "height", f"absent: {follows}"),)
+    request = ThumbnailRequest(entry=EntryRef(int(match.group(1)), values["entry_id"]),
+                               options=ThumbnailOptions(width=width or 0, height=height or 0, mode=mode),
+                               quality=numbers.get("quality"), version=numbers.get("version"))
+    return Parsed(request, notes, tuple(values.items()))
+
+
+def _parse_general(target: str, default_partner_id: int) -> Parsed:
     path, _, query = target.partition("?")
     segments = _segments(path)
     where, pairs_from = _route(segments, default_partner_id)

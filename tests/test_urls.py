@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mediaproxy import urls
 from mediaproxy.errors import BadRequest, NotFound
 from mediaproxy.options import ThumbnailOptions
 from mediaproxy.refs import EntryRef, FileSelector
@@ -1082,8 +1085,8 @@ def test_no_ks_is_kept_in_the_parse_memos():
         assert parsed.ks == secret  # read as before...
         assert secret not in repr(parsed)  # ...never shown
         if isinstance(parsed.request, ThumbnailRequest):
-            parsed.request.cache_key()  # fills the cache-key memo too
-    memos = [referent for memo in (urls._parse_without_ks, urls._thumbnail_key)
+            parsed.request.cache_key()  # fills the memo of the reprs in cache keys too
+    memos = [referent for memo in (urls._parse_without_ks, urls._repr)
              for referent in gc.get_referents(memo) if isinstance(referent, dict)]
     assert memos, "the lru_cache memos were not found"
     strings = _reachable_strings(memos)
@@ -1100,3 +1103,59 @@ def test_a_ks_moves_no_other_parameter():
         if target == "/p/100/raw/entry_id/ks/ks/K":
             plain = "/p/100/raw/entry_id/ks"
         assert parse_target(target, DEFAULT_PARTNER).request == parse_target(plain, DEFAULT_PARTNER).request, target
+
+
+# ------------------------------------------------------------------------------------ the plain thumbnail reading
+
+_KEYS = ["entry_id", "width", "height", "type", "quality", "version", "format", "bgcolor", "entryId", "def_width",
+         "vid_sec", "src_x", "nope"]
+_VALUES = ["0", "1", "3", "5", "6", "00320", "320", "100", "101", "10000", "10001", "9999999", "10000001",
+           "123456789", "0_abc", "0_x" * 30, "abc", "320!", "jpg", "-1", "1.5", "x%41", ""]
+_PREFIXES = ["/p/100/sp/10000/thumbnail", "/p/100/thumbnail", "/p/0100/sp/0/thumbnail", "/s/p/100/thumbnail",
+             "/p/100/sp/x/thumbnail", "/p/1234567890123456789/thumbnail", "/p/100/raw"]
+_TAILS = ["", "/", "/a.jpg", "?width=5", "//"]
+_PLAIN_ISH = [(key, value) for key in ("width", "height", "type", "quality", "version")
+              for value in ("0", "1", "3", "5", "6", "00320", "320", "100", "101", "10000", "10001", "10000001")]
+_TARGETS = st.builds(  # mostly of the plain shape, with values at and past the edges of its ranges
+    lambda prefix, entry, pairs, tail: prefix + entry + "".join(f"/{key}/{value}" for key, value in pairs) + tail,
+    st.sampled_from(_PREFIXES[:3]), st.just("/entry_id/0_abc") | st.just("/entry_id/" + "x" * 64),
+    st.lists(st.sampled_from(_PLAIN_ISH), max_size=5, unique_by=lambda pair: pair[0]),
+    st.sampled_from(_TAILS[:2])) | st.builds(  # and anything else
+    lambda prefix, pairs, tail: prefix + "".join(f"/{key}/{value}" for key, value in pairs) + tail,
+    st.sampled_from(_PREFIXES), st.lists(st.tuples(st.sampled_from(_KEYS), st.sampled_from(_VALUES)), max_size=7),
+    st.sampled_from(_TAILS))
+
+
+@settings(max_examples=3000, deadline=None, database=None)
+@given(target=_TARGETS)
+def test_the_plain_reading_answers_exactly_what_the_general_one_does(target):
+    plain = urls._plain_thumbnail(target)
+    if plain is None:
+        return
+    try:
+        general = urls._parse_general(target, DEFAULT_PARTNER)
+    except (BadRequest, NotFound) as error:
+        raise AssertionError(f"{target}: read plainly, refused generally ({error})") from None
+    assert plain == general, target
+    assert (plain.request.format_given, plain.request.file_name) == (general.request.format_given,
+                                                                      general.request.file_name)
+    assert plain.request.cache_key() == general.request.cache_key()
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(target=_TARGETS)
+def test_the_spelt_out_cache_key_is_the_documented_one(target):
+    try:
+        request = urls._parse_general(target, DEFAULT_PARTNER).request
+    except (BadRequest, NotFound):
+        return
+    if isinstance(request, ThumbnailRequest):
+        assert request.cache_key() == "thumbnail|" + "|".join(f"{name}={getattr(request, name)!r}"
+                                                              for name in urls._THUMBNAIL_KEY_PARTS)
+
+
+@pytest.mark.parametrize("target", [
+    f"{T}/width/320/height/240/version/7", f"{T}/width/480/height/360/type/3/version/12", f"{T}/width/320",
+    "/p/100/thumbnail/entry_id/0_abc/height/90/type/4/quality/80/", f"{T}/version/3/width/640"])
+def test_the_commonest_thumbnail_urls_are_read_plainly(target):
+    assert urls._plain_thumbnail(target) == urls._parse_general(target, DEFAULT_PARTNER) == parse_target(target, 1)
