@@ -313,13 +313,15 @@ def _parse_without_ks(target: str, default_partner_id: int) -> Parsed:
 # The shape most thumbnail URLs have: /p/P[/sp/S]/thumbnail/ then plain key/value pairs, no query string
 _PLAIN_THUMBNAIL = re.compile(r"/p/([0-9]{1,18})(?:/sp/[0-9]{1,18})?/thumbnail((?:/[a-z_]+/[A-Za-z0-9_]{1,64})+)/?\Z")
 _PLAIN_KEYS = frozenset({"entry_id", "width", "height", "type", "quality", "version"})
+_PLAIN_RANGES = (("width", 1, MAX_DIMENSION), ("height", 1, MAX_DIMENSION), ("type", 1, 5), ("quality", 1, 100),
+                 ("version", 0, MAX_VERSION))  # where the general reading takes the value as it is, without a note
 
 
 def _plain_thumbnail(target: str) -> Parsed | None:
     """The reading of a target of the commonest shape, without the general reader's machinery (every cold request
-    pays for the parse): entry_id, then width and/or height, type 1–5, quality 1–100 and version as plain digits in
-    range, each key once. None for anything else, which the general reading reads; where this answers, it answers
-    exactly what that would (tests/test_urls.py checks it on generated URLs)."""
+    pays for the parse): entry_id with width and/or height, and type 1–5, quality 1–100 and version, as plain digits
+    in range, each key once, in any order. None for anything else, which the general reading reads; where this
+    answers, it answers exactly what that would (tests/test_urls.py checks it on generated URLs)."""
     match = _PLAIN_THUMBNAIL.match(target)
     if match is None:
         return None
@@ -328,11 +330,10 @@ def _plain_thumbnail(target: str) -> Parsed | None:
     if len(values) * 2 + 1 != len(pairs) or not values.keys() <= _PLAIN_KEYS or "entry_id" not in values:
         return None
     numbers = {}
-    for key, high in (("width", MAX_DIMENSION), ("height", MAX_DIMENSION), ("type", 5), ("quality", 100),
-                      ("version", MAX_VERSION)):
+    for key, low, high in _PLAIN_RANGES:
         text = values.get(key)
         if text is not None:
-            if not text.isdigit() or len(text) > 8 or not (key == "version" or 0 < int(text)) or int(text) > high:
+            if not text.isdigit() or len(text) > 8 or not low <= int(text) <= high:
                 return None  # a value the general reading notes (read as, clamped, defaulted) or refuses
             numbers[key] = int(text)
     width, height = numbers.get("width"), numbers.get("height")
