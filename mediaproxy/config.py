@@ -65,9 +65,10 @@ class CacheConfig:
     dir: Path = Path(".cache")
     originals_bytes: int = 10_000_000_000  # blocks of http originals
     results_bytes: int = 2_000_000_000  # rendered thumbnails, remuxed clips
-    # 2: a rendered thumbnail is written to disk at its second use in a worker, 1: at its render (most thumbnail URLs
-    # behind a CDN are asked once, and their disk write would cost each of them CPU for nothing)
-    results_min_uses: int = 2
+    # 1: a rendered thumbnail is written to disk at its render (every worker of the node finds it there); 2: at its
+    # second use in a worker, for traffic of URLs mostly asked once (their write would cost each of them CPU for
+    # nothing, but a URL asked again on another worker is rendered again there)
+    results_min_uses: int = 1
     index_bytes: int = 200_000_000  # built clip indexes
     results_memory_bytes: int = 192_000_000  # rendered thumbnails kept in each worker's memory
     originals_memory_bytes: int = 64_000_000  # hot small originals (images to decode) kept in each worker's memory

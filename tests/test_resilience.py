@@ -90,10 +90,7 @@ def install(big_media: Path, upstream_root: Path) -> dict[str, str]:
 
 
 def write_config(tmp_path: Path, origin_url: str, extra: str = "") -> Path:
-    """A config on the upstream; every render is written to the disk cache (not at its second use only), so that
-    the tests here have results on disk to interrupt, damage and find again."""
-    make_config(tmp_path, f'kind = "http"\nurl = "{origin_url}"\ntimeout_seconds = 30\nblock_bytes = {BLOCK}',
-                f"results_min_uses = 1\n{extra}")
+    make_config(tmp_path, f'kind = "http"\nurl = "{origin_url}"\ntimeout_seconds = 30\nblock_bytes = {BLOCK}', extra)
     return tmp_path / "config.toml"
 
 

@@ -810,7 +810,7 @@ async def test_results_survive_a_restart_through_the_disk_cache(aiohttp_client, 
     first = await aiohttp_client(first_app)
     path = f"{THUMB}/entry_id/0_photo/width/500/format/webp"
     body = await (await first.get(path)).read()
-    assert await (await first.get(path)).read() == body  # asked again ([cache] results_min_uses = 2): from memory
+    assert await (await first.get(path)).read() == body  # asked again: from memory
     assert first_renders == ["render_image"]
     assert await cached_result_files(config.cache.dir, body), "the rendered bytes never reached the disk cache"
     second_app = make_app(config)  # a new process: empty memory, same cache folder
@@ -850,7 +850,7 @@ async def test_a_result_is_written_to_disk_at_its_render_or_at_its_second_use(ai
 
 async def test_a_result_asked_once_leaves_nothing_on_disk_and_renders_again_after_a_restart(aiohttp_client,
                                                                                           tmp_path):
-    config = make_config(tmp_path)  # the default: [cache] results_min_uses = 2
+    config = make_config(tmp_path, extra="results_min_uses = 2")
     first_app = make_app(config)
     first = await aiohttp_client(first_app)
     path = f"{THUMB}/entry_id/0_photo/width/250"
@@ -867,7 +867,7 @@ async def test_a_result_asked_once_leaves_nothing_on_disk_and_renders_again_afte
 
 
 async def test_a_damaged_result_on_disk_is_not_served(aiohttp_client, tmp_path):
-    config = make_config(tmp_path, extra="results_min_uses = 1")  # written at its render
+    config = make_config(tmp_path)  # written at its render ([cache] results_min_uses = 1, the default)
     first = await aiohttp_client(make_app(config))
     path = f"{THUMB}/entry_id/0_photo/width/300/format/png"
     body = await (await first.get(path)).read()

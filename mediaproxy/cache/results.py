@@ -3,10 +3,11 @@
 Every result is filed under the owner of the file it was made from (`EntryFile.owner`), in memory and on disk,
 so dropping an original that changed (`DiskCache.drop_owned`) or a purged entry reaches its results too.
 
-With `[cache] results_min_uses = 2` (the default; nginx's `proxy_cache_min_uses`, a CDN's cache-on-second-hit) a
-result goes to disk at its second use in its worker, not at its render: behind a CDN most thumbnail URLs are asked
-once, and writing those would cost every request a file and an index row that nobody reads. Until then it lives in
-memory, which answers the second request (and writes it). 1: every render is written.
+With `[cache] results_min_uses = 2` (nginx's `proxy_cache_min_uses`, a CDN's cache-on-second-hit) a result goes to
+disk at its second use in its worker, not at its render: where most thumbnail URLs are asked once, writing those
+costs every request a file and an index row that nobody reads. Until then it lives in memory, which answers the
+second request (and writes it); a second request on another worker renders it again there, which is why the
+default (1) writes every render.
 """
 
 from __future__ import annotations
