@@ -312,9 +312,9 @@ def _parse_without_ks(target: str, default_partner_id: int) -> Parsed:
 
 # The shape most thumbnail URLs have: /p/P[/sp/S]/thumbnail/ then plain key/value pairs, no query string
 _PLAIN_THUMBNAIL = re.compile(r"/p/([0-9]{1,18})(?:/sp/[0-9]{1,18})?/thumbnail((?:/[a-z_]+/[A-Za-z0-9_]{1,64})+)/?\Z")
-_PLAIN_KEYS = frozenset({"entry_id", "width", "height", "type", "quality", "version"})
 _PLAIN_RANGES = (("width", 1, MAX_DIMENSION), ("height", 1, MAX_DIMENSION), ("type", 1, 5), ("quality", 1, 100),
                  ("version", 0, MAX_VERSION))  # where the general reading takes the value as it is, without a note
+_PLAIN_KEYS = frozenset({"entry_id", *(key for key, _, _ in _PLAIN_RANGES)})
 
 
 def _plain_thumbnail(target: str) -> Parsed | None:
@@ -342,9 +342,7 @@ def _plain_thumbnail(target: str) -> Parsed | None:
     mode = ResizeMode(numbers.get("type", 1))
     notes = ()
     if width is None or height is None:  # as _box notes it
-        follows = ("equals the other side (a square)" if mode in (ResizeMode.CROP_CENTER, ResizeMode.CROP_TOP)
-                   else "follows the source's aspect ratio")
-        notes = (Note(NoteKind.DEFAULT, "width" if width is None else "height", f"absent: {follows}"),)
+        notes = (Note(NoteKind.DEFAULT, "width" if width is None else "height", _absent_side(mode)),)
     request = ThumbnailRequest(entry=EntryRef(int(match.group(1)), values["entry_id"]),
                                options=ThumbnailOptions(width=width or 0, height=height or 0, mode=mode),
                                quality=numbers.get("quality"), version=numbers.get("version"))
@@ -676,10 +674,15 @@ def _box(params: _Params) -> tuple[int, int, ResizeMode]:
         params.note(NoteKind.READ_AS, "width", "and `height` 0: the source's own size")
     for key, size, other in (("width", width, height), ("height", height, width)):
         if size is None and other:
-            follows = ("equals the other side (a square)" if mode in (ResizeMode.CROP_CENTER, ResizeMode.CROP_TOP)
-                       else "follows the source's aspect ratio")
-            params.note(NoteKind.DEFAULT, key, f"absent: {follows}")
+            params.note(NoteKind.DEFAULT, key, _absent_side(mode))
     return width or 0, height or 0, mode
+
+
+def _absent_side(mode: ResizeMode) -> str:
+    """The note on a side absent beside the other one."""
+    if mode in (ResizeMode.CROP_CENTER, ResizeMode.CROP_TOP):
+        return "absent: equals the other side (a square)"
+    return "absent: follows the source's aspect ratio"
 
 
 def _default_box(params: _Params) -> tuple[int, int]:

@@ -124,11 +124,7 @@ class SeenOnce:
     def taken(self, key: str) -> bool:
         """Whether `key` was seen (and is forgotten now)."""
         digest = hash(key)
-        if digest in self._current:
-            self._current.discard(digest)
-            self._previous.discard(digest)
-            return True
-        if digest in self._previous:
-            self._previous.discard(digest)
-            return True
-        return False
+        found = digest in self._current or digest in self._previous
+        self._current.discard(digest)
+        self._previous.discard(digest)
+        return found
