@@ -87,7 +87,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class ProcessingConfig:
-    threads: int = 0  # CPU work threads per worker; 0 = the cores divided among the workers (at least 1)
+    threads: int = 0  # CPU work threads per worker; 0 = the cores divided among the workers, at least 2
     queue: int = 64  # jobs waiting for a thread beyond which requests get 503
     queue_timeout_seconds: float = 10.0  # a job waiting longer than this for a thread is dropped (503); 0 = never
 
@@ -165,8 +165,10 @@ class Config:
 
     @property
     def thread_count(self) -> int:
-        """Work threads per worker: one process per core with one thread each beats threads fighting a GIL."""
-        return self.processing.threads or max(1, (os.cpu_count() or 1) // self.worker_count)
+        """Work threads per worker: the cores divided among the workers, and at least two, so a worker's next job
+        is ready to compute while it prepares and answers the last one, and a worker the kernel handed more than its
+        share of connections (SO_REUSEPORT hashes them, e.g. 7 of 8 to one of two workers) can use a second core."""
+        return self.processing.threads or max(2, (os.cpu_count() or 1) // self.worker_count)
 
     @property
     def notifications_on(self) -> bool:

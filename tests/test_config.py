@@ -83,6 +83,23 @@ def test_environment_overrides(tmp_path):
     assert config.partners[300].admin_secrets == ("one", "two")
 
 
+@pytest.mark.parametrize("cores, workers, threads, expected", [
+    (2, 0, 0, 2),  # a worker per core, and two threads each: one computing while the worker prepares its next
+    (8, 0, 0, 2),
+    (8, 2, 0, 4),  # the cores divided among the workers
+    (8, 1, 0, 8),
+    (1, 0, 0, 2),
+    (8, 0, 1, 1),  # as configured
+])
+def test_work_threads_per_worker(tmp_path, monkeypatch, cores, workers, threads, expected):
+    (tmp_path / "media").mkdir()
+    monkeypatch.setattr("mediaproxy.config.os.cpu_count", lambda: cores)
+    text = f"[origin]\nroot = 'media'\n[server]\nworkers = {workers}\n[processing]\nthreads = {threads}\n"
+    config = load(write(tmp_path, text), environ={})
+    assert config.worker_count == (workers or cores)
+    assert config.thread_count == expected
+
+
 @pytest.mark.parametrize("name, value, message", [
     ("MEDIAPROXY_PORT", "abc", "MEDIAPROXY_PORT: 'abc' is not an integer"),
     ("MEDIAPROXY_CACHE_NOPE", "1", "has no key 'nope'"),
