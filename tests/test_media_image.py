@@ -9,7 +9,9 @@ where exact colours help; JPEG outputs are compared with a tolerance.
 from __future__ import annotations
 
 import io
+import os
 import random
+import threading
 import struct
 import time
 import zlib
@@ -17,12 +19,13 @@ import zlib
 import pytest
 from PIL import Image, ImageChops, ImageCms, ImageStat
 
-from fixtures.generate import alpha_png, animated_gif, photo_like_jpeg
+from fixtures.generate import alpha_png, animated_gif, photo_like_image, photo_like_jpeg
+from mediaproxy.media import encode as encoding
 from mediaproxy.errors import TooLarge, Unprocessable
 from mediaproxy.media.decode import decode
 from mediaproxy.media.geometry import plan_thumbnail
 from mediaproxy.media.thumbnail import Rendered, RenderSettings, render_image, render_pictures
-from mediaproxy.options import Region, ResizeMode
+from mediaproxy.options import OutputFormat, Region, ResizeMode
 from mediaproxy.urls import parse
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
@@ -536,6 +539,42 @@ def test_output_formats(quadrant_png, fmt, pillow_format, content_type):
     assert output.size == (100, 50) == (rendered.width, rendered.height)
     for xy, colour in [((25, 12), RED), ((75, 12), GREEN), ((25, 37), BLUE), ((75, 37), YELLOW)]:
         assert_colour(output, xy, colour, JPEG_TOLERANCE)
+
+
+@pytest.mark.parametrize("output, pillow_format, options", [
+    (OutputFormat.JPG, "JPEG", {"quality": 80}),
+    (OutputFormat.PNG, "PNG", {"compress_level": 6}),
+])
+def test_encoding_through_the_memory_file_gives_pillows_bytes_whatever_came_before(output, pillow_format, options,
+                                                                                  monkeypatch):
+    """Pictures are encoded into a thread's memory file (the encoder then runs without the GIL): a small picture
+    after a large one is not followed by the large one's leftover bytes, and a file that held more than a few MB is
+    emptied after use."""
+    def pillows(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, pillow_format, **options)
+        return buffer.getvalue()
+
+    large = photo_like_image(1600, 1200, seed=3)
+    noise = Image.effect_noise((1400, 1400), 100).convert("RGB")  # a PNG of it is larger than what is kept
+    small = large.resize((80, 60))
+    for image in (large, small, noise, small, large):
+        assert encoding.encode(image.copy(), output, 80) == pillows(image)
+    encoding.encode(noise.copy(), OutputFormat.PNG, 80)
+    assert os.fstat(encoding._scratch.file.fileno()).st_size == 0
+
+    elsewhere: list[bytes] = []  # another thread has a memory file of its own
+    thread = threading.Thread(target=lambda: elsewhere.append(encoding.encode(small.copy(), output, 80)))
+    thread.start()
+    thread.join()
+    assert elsewhere == [pillows(small)]
+
+    monkeypatch.delattr(os, "memfd_create")  # a system without memfd: a Python buffer
+    without: list[bytes] = []
+    thread = threading.Thread(target=lambda: without.append(encoding.encode(small.copy(), output, 80)))
+    thread.start()
+    thread.join()
+    assert without == [pillows(small)]
 
 
 @pytest.fixture(scope="module")

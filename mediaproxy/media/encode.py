@@ -4,7 +4,10 @@ animations (gif, webp) frame by frame."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO
 
 from PIL import Image
 
@@ -49,9 +52,7 @@ def encode(image: Image.Image, output: OutputFormat, quality: int, *, density: i
     options = _options(output, quality, density, metadata)
     if output is OutputFormat.GIF:
         image = _palette(image)
-    buffer = io.BytesIO()
-    image.save(buffer, _PILLOW_FORMATS[output], **options)
-    return buffer.getvalue()
+    return _saved(lambda file: image.save(file, _PILLOW_FORMATS[output], **options))
 
 
 def encode_animation(frames: Sequence[Image.Image], durations: Sequence[int], loop: int | None,
@@ -75,10 +76,32 @@ def encode_animation(frames: Sequence[Image.Image], durations: Sequence[int], lo
             options["kmax"] = 1
     for frame in frames:
         frame.info = {}
-    buffer = io.BytesIO()
-    frames[0].save(buffer, _PILLOW_FORMATS[output], save_all=True, append_images=list(frames[1:]),
-                   duration=list(durations), **options)
-    return buffer.getvalue()
+    return _saved(lambda file: frames[0].save(file, _PILLOW_FORMATS[output], save_all=True,
+                                              append_images=list(frames[1:]), duration=list(durations), **options))
+
+
+_scratch = threading.local()  # each thread's memory file
+_SCRATCH_KEPT_BYTES = 4 << 20  # a memory file that held more is emptied after use
+
+
+def _saved(save: Callable[[IO[bytes]], None]) -> bytes:
+    """What `save` writes, through this thread's memory file (memfd): Pillow's JPEG, PNG and GIF writers compress
+    into a Python buffer holding the GIL, and into a real file descriptor without it — so the event loop and the
+    other work threads of the process run while a picture is encoded. Plain BytesIO where there is no memfd."""
+    file = getattr(_scratch, "file", None)
+    if file is None:
+        if not hasattr(os, "memfd_create"):
+            buffer = io.BytesIO()
+            save(buffer)
+            return buffer.getvalue()
+        file = _scratch.file = open(os.memfd_create("mediaproxy-encode", os.MFD_CLOEXEC), "w+b", buffering=0)
+    file.seek(0)
+    save(file)
+    size = file.tell()
+    body = os.pread(file.fileno(), size, 0)
+    if size > _SCRATCH_KEPT_BYTES:
+        file.truncate(0)
+    return body
 
 
 def _options(output: OutputFormat, quality: int, density: int | None, metadata: dict | None) -> dict:
