@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import os
 import random
-import threading
 import struct
+import threading
 import time
 import zlib
 
@@ -20,8 +20,8 @@ import pytest
 from PIL import Image, ImageChops, ImageCms, ImageStat
 
 from fixtures.generate import alpha_png, animated_gif, photo_like_image, photo_like_jpeg
-from mediaproxy.media import encode as encoding
 from mediaproxy.errors import TooLarge, Unprocessable
+from mediaproxy.media import encode as encoding
 from mediaproxy.media.decode import decode
 from mediaproxy.media.geometry import plan_thumbnail
 from mediaproxy.media.thumbnail import Rendered, RenderSettings, render_image, render_pictures

@@ -96,12 +96,12 @@ def _saved(save: Callable[[IO[bytes]], None]) -> bytes:
             return buffer.getvalue()
         file = _scratch.file = open(os.memfd_create("mediaproxy-encode", os.MFD_CLOEXEC), "w+b", buffering=0)
     file.seek(0)
-    save(file)
-    size = file.tell()
-    body = os.pread(file.fileno(), size, 0)
-    if size > _SCRATCH_KEPT_BYTES:
-        file.truncate(0)
-    return body
+    try:
+        save(file)
+        return os.pread(file.fileno(), file.tell(), 0)
+    finally:
+        if file.tell() > _SCRATCH_KEPT_BYTES:
+            file.truncate(0)
 
 
 def _options(output: OutputFormat, quality: int, density: int | None, metadata: dict | None) -> dict:
