@@ -185,7 +185,7 @@ def peers(workdir: Path, seconds: float) -> list[Row]:
             rows.append((f"cold thumbnails/s, {width}×{height} {kind} → 320×240, vs thumbor tuned",
                          f"{ours_tuned:.1f}", f"{thumbor_tuned:.1f} (thumbor, {CORES} processes, engine pool "
                          f"{CORES})", f"{ours_tuned / thumbor_tuned:.2f}×", "≥ 1.0×"))
-            rows.append((f"  … vs thumbor default", f"{ours_default:.1f}", f"{thumbor_default:.1f} (thumbor "
+            rows.append(("  … vs thumbor default", f"{ours_default:.1f}", f"{thumbor_default:.1f} (thumbor "
                          "defaults)", f"{ours_default / thumbor_default:.2f}×", ""))
     return rows
 

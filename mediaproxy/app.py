@@ -33,7 +33,7 @@ from .purge import Purges
 from .refs import entry_prefix
 from .request_keys import DIRECT, ENTRY, HOT, PRIVATE, SERVICE, STARTED, TIER
 from .responses import CORS_HEADERS, PREFLIGHT_HEADERS, error_response
-from .cache.results import ResultCache
+from .cache.results import Result, ResultCache
 from .services.flvclipper import ClipService
 from .services.raw import RawService
 from .services.thumbnail import ThumbnailService

@@ -11,7 +11,6 @@ Environment overrides: `MEDIAPROXY_<SECTION>_<KEY>` for any key (`MEDIAPROXY_CAC
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import tomllib
@@ -354,7 +353,7 @@ def _check(config: Config) -> None:
     if config.server.log_format not in ("text", "json"):
         raise ConfigError(f"[server] log_format must be \"text\" or \"json\", not {config.server.log_format!r}")
     if config.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"[server] log_level must be debug, info, warning or error")
+        raise ConfigError("[server] log_level must be debug, info, warning or error")
     for proxy in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
