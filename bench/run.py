@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -116,14 +117,13 @@ def thumbnails(workdir: Path, seconds: float) -> list[Row]:
             wait_for(front.url + hot_path)  # the miss: from now on nginx's cache answers it
             wrk(server.url, hot_path, seconds=1, connections=32)  # every worker has it in memory
             wrk(front.url, hot_path, seconds=1, connections=32)
-            loads: dict[str, list[Load]] = {"hot": [], "ceiling": [], "fronted": [], "plain": []}
-            targets = {"hot": (server.url, hot_path), "ceiling": (bare.url, "/thumb.jpg"),
-                       "fronted": (front.url, hot_path), "plain": (nginx.url, "/thumb.jpg")}
-            for _ in range(3):  # alternating rounds, as `alternate`: a drift of the machine hits every server
-                for name, (url, target) in targets.items():
-                    loads[name].append(wrk(url, target, seconds=seconds, connections=32))
-                    _check(loads[name][-1], name)
-            hot, ceiling, fronted, plain = (_median_load(loads[name]) for name in targets)
+
+            def hot_load(url: str, target: str, what: str) -> Callable[[], Load]:
+                return lambda: _checked(wrk(url, target, seconds=seconds, connections=32), what)
+            hot, ceiling, fronted, plain = alternate(
+                hot_load(server.url, hot_path, "hot thumbnails"), hot_load(bare.url, "/thumb.jpg", "bare aiohttp"),
+                hot_load(front.url, hot_path, "deploy/nginx.conf"), hot_load(nginx.url, "/thumb.jpg", "nginx"),
+                rounds=3, key=lambda load: load.requests_per_second)
         size = (static / "thumb.jpg").stat().st_size
         rows.append((f"hot thumbnail requests/s ({size // 1000} KB, memory cache, {CORES} workers)",
                      f"{hot.requests_per_second:.0f}", f"{ceiling.requests_per_second:.0f} (bare aiohttp serving "
@@ -388,24 +388,26 @@ def _ffmpeg_clip(source: Path, start: float, end: float, target: Path) -> None:
                     str(source), "-c", "copy", "-movflags", "+faststart", str(target)], check=True)
 
 
-def alternate(*measures: Callable[[], float], rounds: int = 5) -> tuple[float, ...]:
+def alternate(*measures: Callable[[], Any], rounds: int = 5, key: Callable[[Any], float] | None = None) -> tuple:
     """Medians of `rounds` alternating measurements (A B A B ..., or A B C A B C ...): drifts in a shared machine's
-    load hit them all."""
-    taken: list[list[float]] = [[] for _ in measures]
+    load hit them all. With `key`, each measure's round whose key is the median (a Load, with its latencies)."""
+    taken: list[list] = [[] for _ in measures]
     for _ in range(rounds):
         for measure, values in zip(measures, taken):
             values.append(measure())
-    return tuple(statistics.median(values) for values in taken)
-
-
-def _median_load(loads: list[Load]) -> Load:
-    """The round with the median throughput (its latencies with it)."""
-    return sorted(loads, key=lambda load: load.requests_per_second)[len(loads) // 2]
+    if key is None:
+        return tuple(statistics.median(values) for values in taken)
+    return tuple(sorted(values, key=key)[len(values) // 2] for values in taken)
 
 
 def _check(load: Load, what: str) -> None:
     if load.requests == 0 or load.errors > load.requests * 0.01:
         raise SystemExit(f"bench: {what}: {load.errors} errors in {load.requests} requests")
+
+
+def _checked(load: Load, what: str) -> Load:
+    _check(load, what)
+    return load
 
 
 def _file_creation_us(files: int = 200) -> float:
